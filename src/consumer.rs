@@ -1,0 +1,270 @@
+//! The consumer path: `publish` and `request` calls from a component, sent
+//! on the NATS connection of that component's consumer link.
+
+use std::fmt;
+use std::sync::Arc;
+use std::time::Duration;
+
+use async_nats::client::RequestErrorKind;
+use async_nats::HeaderMap;
+use bytes::Bytes;
+
+use crate::config::{ConnectionSettings, ConsumerSettings};
+use crate::connection::NatsConnection;
+use crate::subject;
+
+/// A message as the WIT interface carries it.
+pub use crate::bindings::wasmcloud::messaging::types::BrokerMessage;
+
+/// Why a publish or request failed. The text is what the component sees.
+#[derive(Debug)]
+pub enum ConsumerError {
+    InvalidSubject {
+        role: &'static str,
+        subject: String,
+        reason: String,
+    },
+    TooLarge {
+        size: usize,
+        max_payload: usize,
+    },
+    TimeoutAboveMaximum {
+        requested_ms: u32,
+        max: Duration,
+    },
+    /// The server did not take the message within `publish_timeout_ms`.
+    NotConfirmed {
+        subject: String,
+        waited: Duration,
+        servers: String,
+        state: &'static str,
+    },
+    ConnectionDown {
+        subject: String,
+        servers: String,
+        state: &'static str,
+    },
+    NoReply {
+        subject: String,
+        waited: Duration,
+    },
+    NoResponders {
+        subject: String,
+    },
+    Nats {
+        subject: String,
+        error: String,
+    },
+}
+
+impl fmt::Display for ConsumerError {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        match self {
+            Self::InvalidSubject {
+                role,
+                subject,
+                reason,
+            } => write!(f, "invalid {role} {subject:?}: {reason}"),
+            Self::TooLarge { size, max_payload } => write!(
+                f,
+                "message of {size} bytes (body and headers) exceeds the server's \
+                 max_payload of {max_payload} bytes"
+            ),
+            Self::TimeoutAboveMaximum { requested_ms, max } => write!(
+                f,
+                "timeout-ms {requested_ms} exceeds this link's max_request_timeout_ms ({} ms)",
+                max.as_millis()
+            ),
+            Self::NotConfirmed {
+                subject,
+                waited,
+                servers,
+                state,
+            } => write!(
+                f,
+                "publish to {subject:?} not confirmed by the server within {} ms \
+                 (NATS connection to {servers} is {state}); it was not sent or may be \
+                 sent after reconnecting",
+                waited.as_millis()
+            ),
+            Self::ConnectionDown {
+                subject,
+                servers,
+                state,
+            } => write!(
+                f,
+                "request to {subject:?} failed: NATS connection to {servers} is {state}"
+            ),
+            Self::NoReply { subject, waited } => write!(
+                f,
+                "no reply to request on {subject:?} within {} ms",
+                waited.as_millis()
+            ),
+            Self::NoResponders { subject } => {
+                write!(f, "no responders for request on {subject:?}")
+            }
+            Self::Nats { subject, error } => write!(f, "NATS error on {subject:?}: {error}"),
+        }
+    }
+}
+
+impl std::error::Error for ConsumerError {}
+
+/// A component's consumer link: the connection it sends on and its limits.
+pub struct ConsumerLink {
+    pub connection: Arc<NatsConnection>,
+    /// The key of `connection` in the pool, to release it on link delete.
+    pub connection_settings: ConnectionSettings,
+    pub settings: ConsumerSettings,
+}
+
+impl ConsumerLink {
+    /// Publishes `msg` and waits until the client has written it to the
+    /// server. Flushes of concurrent publishes share one socket write:
+    /// async-nats answers every flush queued before it writes.
+    pub async fn publish(
+        &self,
+        msg: BrokerMessage,
+        headers: Option<HeaderMap>,
+    ) -> Result<(), ConsumerError> {
+        let BrokerMessage {
+            subject,
+            body,
+            reply_to,
+        } = msg;
+        check_subject("subject", &subject)?;
+        if let Some(reply_to) = &reply_to {
+            check_subject("reply-to subject", reply_to)?;
+        }
+        self.check_size(&body, headers.as_ref())?;
+
+        let client = &self.connection.client;
+        let send = async {
+            match (reply_to, headers) {
+                (None, None) => client.publish(subject.clone(), body).await,
+                (None, Some(headers)) => {
+                    client
+                        .publish_with_headers(subject.clone(), headers, body)
+                        .await
+                }
+                (Some(reply), None) => {
+                    client
+                        .publish_with_reply(subject.clone(), reply, body)
+                        .await
+                }
+                (Some(reply), Some(headers)) => {
+                    client
+                        .publish_with_reply_and_headers(subject.clone(), reply, headers, body)
+                        .await
+                }
+            }
+            .map_err(|err| err.to_string())?;
+            client.flush().await.map_err(|err| err.to_string())
+        };
+        match tokio::time::timeout(self.settings.publish_timeout, send).await {
+            Ok(Ok(())) => Ok(()),
+            Ok(Err(error)) => Err(ConsumerError::Nats { subject, error }),
+            Err(_) => Err(ConsumerError::NotConfirmed {
+                subject,
+                waited: self.settings.publish_timeout,
+                servers: self.connection.servers.clone(),
+                state: self.connection.state(),
+            }),
+        }
+    }
+
+    /// Sends a request and waits for the first reply. `timeout_ms` 0 means
+    /// the link's `request_timeout_ms`.
+    pub async fn request(
+        &self,
+        subject: String,
+        body: Bytes,
+        timeout_ms: u32,
+        headers: Option<HeaderMap>,
+    ) -> Result<BrokerMessage, ConsumerError> {
+        check_subject("subject", &subject)?;
+        let timeout = match timeout_ms {
+            0 => self.settings.default_request_timeout,
+            ms => Duration::from_millis(ms.into()),
+        };
+        if timeout > self.settings.max_request_timeout {
+            return Err(ConsumerError::TimeoutAboveMaximum {
+                requested_ms: timeout_ms,
+                max: self.settings.max_request_timeout,
+            });
+        }
+        self.check_size(&body, headers.as_ref())?;
+
+        // One timer for the whole exchange (the client's own is switched
+        // off), so that a send blocked on a full buffer is bounded too.
+        let mut request = async_nats::Request::new().payload(body).timeout(None);
+        if let Some(headers) = headers {
+            request = request.headers(headers);
+        }
+        let client = &self.connection.client;
+        let reply = tokio::time::timeout(timeout, client.send_request(subject.clone(), request));
+        match reply.await {
+            Ok(Ok(reply)) => Ok(BrokerMessage {
+                subject: reply.subject.to_string(),
+                body: reply.payload,
+                reply_to: reply.reply.map(|r| r.to_string()),
+            }),
+            Ok(Err(err)) if err.kind() == RequestErrorKind::NoResponders => {
+                Err(ConsumerError::NoResponders { subject })
+            }
+            _ if !self.connection.is_connected() => Err(ConsumerError::ConnectionDown {
+                subject,
+                servers: self.connection.servers.clone(),
+                state: self.connection.state(),
+            }),
+            Ok(Err(err)) if err.kind() == RequestErrorKind::TimedOut => {
+                Err(ConsumerError::NoReply {
+                    subject,
+                    waited: timeout,
+                })
+            }
+            Ok(Err(err)) => Err(ConsumerError::Nats {
+                subject,
+                error: err.to_string(),
+            }),
+            Err(_) => Err(ConsumerError::NoReply {
+                subject,
+                waited: timeout,
+            }),
+        }
+    }
+
+    /// Refuses a message the server would refuse: NATS counts headers and
+    /// body against `max_payload`. Unknown until first connected (0).
+    fn check_size(&self, body: &Bytes, headers: Option<&HeaderMap>) -> Result<(), ConsumerError> {
+        let max_payload = self.connection.client.server_info().max_payload;
+        let size = body.len() + headers.map_or(0, encoded_header_len);
+        if max_payload > 0 && size > max_payload {
+            return Err(ConsumerError::TooLarge { size, max_payload });
+        }
+        Ok(())
+    }
+}
+
+fn check_subject(role: &'static str, subject: &str) -> Result<(), ConsumerError> {
+    subject::check_publish_subject(subject).map_err(|reason| ConsumerError::InvalidSubject {
+        role,
+        subject: subject.to_string(),
+        reason,
+    })
+}
+
+/// Size of a header block on the wire: `NATS/1.0\r\n`, `key: value\r\n`
+/// per value, and a closing `\r\n`.
+fn encoded_header_len(headers: &HeaderMap) -> usize {
+    let fields: usize = headers
+        .iter()
+        .map(|(name, values)| {
+            values
+                .iter()
+                .map(|value| AsRef::<[u8]>::as_ref(name).len() + 2 + value.as_str().len() + 2)
+                .sum::<usize>()
+        })
+        .sum();
+    "NATS/1.0\r\n".len() + fields + 2
+}

@@ -1,0 +1,223 @@
+//! The delivery path: NATS subscriptions of a handler link, and every message
+//! they receive handed to the linked component's `handle-message`.
+//!
+//! One task per link reads all of the link's subscriptions. It takes the next
+//! message only while fewer than `max_in_flight` deliveries are running, so
+//! a slow component back-pressures the subscription (whose buffer is bounded
+//! by the NATS client) instead of growing the provider's memory.
+
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::Arc;
+use std::time::Duration;
+
+use anyhow::Context as _;
+use futures::stream::{self, StreamExt as _};
+use tokio::task::{JoinHandle, JoinSet};
+use tokio_util::sync::CancellationToken;
+use tracing::{debug, info, warn, Instrument as _};
+use wasmcloud_provider_sdk::provider::WrpcClient;
+
+use crate::bindings::wasmcloud::messaging::handler;
+use crate::config::{HandlerSettings, Subscription};
+use crate::connection::NatsConnection;
+use crate::consumer::BrokerMessage;
+use crate::trace_context;
+
+/// Counters of one handler link, logged when the link goes.
+#[derive(Debug, Default)]
+pub struct DeliveryStats {
+    pub delivered: AtomicU64,
+    pub handler_errors: AtomicU64,
+    pub invoke_failures: AtomicU64,
+    pub timeouts: AtomicU64,
+}
+
+impl DeliveryStats {
+    fn summary(&self) -> String {
+        format!(
+            "delivered {}, handler errors {}, failed invocations {}, timeouts {}",
+            self.delivered.load(Ordering::Relaxed),
+            self.handler_errors.load(Ordering::Relaxed),
+            self.invoke_failures.load(Ordering::Relaxed),
+            self.timeouts.load(Ordering::Relaxed),
+        )
+    }
+}
+
+/// The component a handler link delivers to.
+#[derive(Clone)]
+pub struct Target {
+    pub component_id: Arc<str>,
+    pub link_name: Arc<str>,
+    /// Reused for every delivery of the link.
+    pub wrpc: WrpcClient,
+}
+
+/// A running handler link. Dropping it without [`stop`](Self::stop) aborts
+/// deliveries without draining.
+pub struct Deliveries {
+    stop: CancellationToken,
+    task: JoinHandle<()>,
+    pub stats: Arc<DeliveryStats>,
+}
+
+impl Deliveries {
+    /// Subscribes to every entry of `settings.subscriptions` and confirms the
+    /// subscriptions with a server round trip (bounded by the connect
+    /// timeout), so that a message published after this returns is delivered.
+    pub async fn start(
+        connection: Arc<NatsConnection>,
+        settings: HandlerSettings,
+        connect_timeout: Duration,
+        target: Target,
+    ) -> anyhow::Result<Self> {
+        let client = &connection.client;
+        let mut subscribers = Vec::with_capacity(settings.subscriptions.len());
+        for Subscription {
+            subject,
+            queue_group,
+        } in &settings.subscriptions
+        {
+            let subscriber = match queue_group {
+                Some(queue) => client.queue_subscribe(subject.clone(), queue.clone()).await,
+                None => client.subscribe(subject.clone()).await,
+            }
+            .with_context(|| format!("cannot subscribe to {subject:?}"))?;
+            subscribers.push(subscriber);
+        }
+        match tokio::time::timeout(connect_timeout, client.flush()).await {
+            Ok(Ok(())) => {}
+            Ok(Err(err)) => warn!(%err, "could not confirm subscriptions with the server"),
+            Err(_) => warn!(
+                servers = connection.servers,
+                state = connection.state(),
+                "NATS server not reachable yet; subscriptions start once connected"
+            ),
+        }
+
+        let stats = Arc::new(DeliveryStats::default());
+        let stop = CancellationToken::new();
+        let span = tracing::info_span!(
+            "handler_link",
+            component = %target.component_id,
+            link_name = %target.link_name
+        );
+        let task = tokio::spawn(
+            run(
+                stream::select_all(subscribers),
+                settings,
+                target,
+                Arc::clone(&stats),
+                stop.clone(),
+            )
+            .instrument(span),
+        );
+        Ok(Self { stop, task, stats })
+    }
+
+    /// Unsubscribes, lets in-flight deliveries finish within the drain
+    /// timeout and aborts the rest. No delivery starts after this returns.
+    pub async fn stop(mut self) {
+        self.stop.cancel();
+        if let Err(err) = (&mut self.task).await {
+            warn!(%err, "delivery task ended abnormally");
+        }
+    }
+}
+
+impl Drop for Deliveries {
+    fn drop(&mut self) {
+        self.task.abort();
+    }
+}
+
+/// The delivery loop of one handler link, from subscription to drain.
+async fn run(
+    mut messages: stream::SelectAll<async_nats::Subscriber>,
+    settings: HandlerSettings,
+    target: Target,
+    stats: Arc<DeliveryStats>,
+    stop: CancellationToken,
+) {
+    let mut in_flight = JoinSet::new();
+    loop {
+        tokio::select! {
+            biased;
+            () = stop.cancelled() => break,
+            Some(_) = in_flight.join_next(), if !in_flight.is_empty() => {}
+            next = messages.next(), if !messages.is_empty() && in_flight.len() < settings.max_in_flight => {
+                let Some(msg) = next else {
+                    warn!("all subscriptions closed by the NATS client");
+                    break;
+                };
+                in_flight.spawn(deliver(
+                    msg,
+                    target.clone(),
+                    settings.handler_timeout,
+                    Arc::clone(&stats),
+                ));
+            }
+        }
+    }
+
+    // Unsubscribe first, so that nothing more is buffered for this link.
+    for subscriber in messages.iter_mut() {
+        if let Err(err) = subscriber.unsubscribe().await {
+            debug!(%err, "unsubscribe failed; the connection is going away");
+        }
+    }
+    drop(messages);
+    let pending = in_flight.len();
+    let drained = tokio::time::timeout(settings.drain_timeout, async {
+        while in_flight.join_next().await.is_some() {}
+    })
+    .await;
+    if drained.is_err() {
+        warn!(
+            aborted = in_flight.len(),
+            of = pending,
+            drain_timeout_ms = settings.drain_timeout.as_millis() as u64,
+            "deliveries still running after the drain timeout were aborted"
+        );
+        in_flight.shutdown().await;
+    }
+    info!(stats = stats.summary(), "handler link stopped");
+}
+
+/// Delivers one message: NATS message in, `handle-message` call out, with
+/// its own timeout so that a lost wRPC reply frees its slot.
+async fn deliver(
+    msg: async_nats::Message,
+    target: Target,
+    timeout: Duration,
+    stats: Arc<DeliveryStats>,
+) {
+    let headers = trace_context::from_message(msg.headers.as_ref());
+    let message = BrokerMessage {
+        subject: msg.subject.to_string(),
+        body: msg.payload,
+        reply_to: msg.reply.map(|reply| reply.to_string()),
+    };
+    let call = handler::handle_message(&target.wrpc, headers, &message);
+    let subject = message.subject.as_str();
+    let counter = match tokio::time::timeout(timeout, call).await {
+        Ok(Ok(Ok(()))) => &stats.delivered,
+        Ok(Ok(Err(error))) => {
+            warn!(subject, error, "handle-message returned an error");
+            &stats.handler_errors
+        }
+        Ok(Err(err)) => {
+            warn!(subject, error = %format!("{err:#}"), "handle-message invocation failed");
+            &stats.invoke_failures
+        }
+        Err(_) => {
+            warn!(
+                subject,
+                timeout_ms = timeout.as_millis() as u64,
+                "handle-message did not answer in time"
+            );
+            &stats.timeouts
+        }
+    };
+    counter.fetch_add(1, Ordering::Relaxed);
+}

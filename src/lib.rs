@@ -1,0 +1,22 @@
+//! `messaging-nats`: a wasmCloud capability provider that implements
+//! `wasmcloud:messaging@0.2.0` on NATS.
+//!
+//! Modules, in the direction the arrows point: [`config`] parses maps into
+//! settings; [`connection`] opens and shares NATS clients; [`consumer`]
+//! (publish/request) and [`delivery`] (subscriptions to `handle-message`) move
+//! messages; [`provider`] ties them to the host's link and lifecycle calls.
+
+pub mod config;
+pub mod connection;
+pub mod consumer;
+pub mod delivery;
+pub mod provider;
+pub mod subject;
+pub mod trace_context;
+
+/// Bindings generated from `wit/` (world `provider`).
+pub mod bindings {
+    wit_bindgen_wrpc::generate!({ world: "provider", path: "wit", generate_all });
+}
+
+pub use provider::MessagingProvider;
