@@ -1,0 +1,109 @@
+//! Health, shutdown and signals.
+
+use std::time::Duration;
+
+use crate::support::{Behaviour, Lattice, Link, NatsServer};
+
+#[tokio::test]
+async fn shutdown_request_exits_zero() {
+    let lattice = Lattice::start().await;
+    let provider = lattice.provider(&[]).await;
+    provider
+        .put_link(&Link::handler("c", &[("subscriptions", "x")]))
+        .await;
+
+    let status = provider.shutdown().await;
+
+    assert!(status.success(), "{status:?}");
+}
+
+#[tokio::test]
+async fn sigterm_drains_in_flight_deliveries_and_exits_zero() {
+    let lattice = Lattice::start().await;
+    let provider = lattice.provider(&[]).await;
+    let behaviour = Behaviour {
+        delay: Duration::from_millis(300),
+        ..Behaviour::default()
+    };
+    let mut component = lattice.component("c", behaviour).await;
+    provider
+        .put_link(&Link::handler("c", &[("subscriptions", "slow")]))
+        .await;
+    lattice
+        .client
+        .publish("slow", "in flight".into())
+        .await
+        .unwrap();
+    while component.peak_in_flight() == 0 {
+        tokio::time::sleep(Duration::from_millis(10)).await;
+    }
+
+    let status = provider.signal("TERM").await;
+
+    assert!(status.success(), "{status:?}");
+    assert_eq!(&component.next().await.message.body[..], b"in flight");
+}
+
+#[tokio::test]
+async fn health_is_unhealthy_while_a_link_connection_is_down() {
+    let lattice = Lattice::start().await;
+    let mut data = NatsServer::start();
+    let provider = lattice.provider(&[]).await;
+    provider
+        .put_link(&Link::consumer("c", &[("cluster_uris", &data.url())]))
+        .await;
+    let (healthy, _) = provider.health().await.unwrap();
+    assert!(healthy);
+
+    data.stop();
+    let mut health = provider.health().await.unwrap();
+    for _ in 0..50 {
+        if !health.0 {
+            break;
+        }
+        tokio::time::sleep(Duration::from_millis(100)).await;
+        health = provider.health().await.unwrap();
+    }
+
+    let (healthy, message) = health;
+    assert!(!healthy);
+    assert!(message.contains("consumer link c/default"), "{message}");
+    assert!(message.contains(&data.url()), "{message}");
+}
+
+#[tokio::test]
+async fn link_to_a_server_that_is_down_is_kept_and_works_once_it_is_up() {
+    let lattice = Lattice::start().await;
+    let mut data = NatsServer::start();
+    data.stop();
+    let provider = lattice.provider(&[]).await;
+    let mut component = lattice.component("c", Behaviour::default()).await;
+    provider
+        .put_link(&Link::handler(
+            "c",
+            &[
+                ("cluster_uris", &data.url()),
+                ("subscriptions", "later"),
+                ("connect_timeout_ms", "200"),
+            ],
+        ))
+        .await;
+    assert!(!provider.health().await.unwrap().0);
+
+    data.restart();
+    let client = data.client().await;
+    let mut delivered = None;
+    for _ in 0..50 {
+        client.publish("later", "hello".into()).await.unwrap();
+        client.flush().await.unwrap();
+        if let Ok(r) = tokio::time::timeout(Duration::from_millis(200), component.next()).await {
+            delivered = Some(r);
+            break;
+        }
+    }
+
+    assert_eq!(
+        delivered.map(|r| r.message.subject).as_deref(),
+        Some("later")
+    );
+}

@@ -1,0 +1,10 @@
+//! Behaviour of the provider binary against a real `nats-server`, driven
+//! through the host's control subjects and wRPC as a component would.
+
+mod support;
+
+mod config;
+mod delivery;
+mod lifecycle;
+mod publish;
+mod request;

@@ -1,0 +1,236 @@
+//! `consumer.publish`.
+
+use std::time::Duration;
+
+use crate::support::{message, next_message, Behaviour, Lattice, Link, NatsServer};
+
+#[tokio::test]
+async fn publish_arrives_with_reply_to() {
+    let lattice = Lattice::start().await;
+    let provider = lattice.provider(&[]).await;
+    let component = lattice.component("sender", Behaviour::default()).await;
+    provider.put_link(&Link::consumer("sender", &[])).await;
+    let mut sub = lattice.client.subscribe("orders.created").await.unwrap();
+    lattice.client.flush().await.unwrap();
+
+    let mut msg = message("orders.created", b"order 1");
+    msg.reply_to = Some("orders.replies".into());
+    let result = component
+        .caller(&provider)
+        .await
+        .publish(&msg)
+        .await
+        .unwrap();
+
+    assert_eq!(result, Ok(()));
+    let got = next_message(&mut sub).await.unwrap();
+    assert_eq!(&got.payload[..], b"order 1");
+    assert_eq!(got.reply.as_deref(), Some("orders.replies"));
+}
+
+#[tokio::test]
+async fn publish_carries_the_invocation_trace_context() {
+    let lattice = Lattice::start().await;
+    let provider = lattice.provider(&[]).await;
+    let component = lattice.component("sender", Behaviour::default()).await;
+    provider.put_link(&Link::consumer("sender", &[])).await;
+    let mut sub = lattice.client.subscribe("traced").await.unwrap();
+    lattice.client.flush().await.unwrap();
+    let traceparent = "00-4bf92f3577b34da6a3ce929d0e0e4736-00f067aa0ba902b7-01";
+
+    let mut caller = component.caller(&provider).await;
+    caller.traceparent = Some(traceparent.into());
+    caller
+        .publish(&message("traced", b"x"))
+        .await
+        .unwrap()
+        .unwrap();
+
+    let got = next_message(&mut sub).await.unwrap();
+    let header = got.headers.as_ref().and_then(|h| h.get("traceparent"));
+    assert_eq!(header.map(|v| v.as_str()), Some(traceparent));
+}
+
+#[tokio::test]
+async fn payload_of_exactly_max_payload_is_published() {
+    let lattice = Lattice::on(NatsServer::with_config("max_payload: 65536")).await;
+    let provider = lattice.provider(&[]).await;
+    let component = lattice.component("sender", Behaviour::default()).await;
+    provider.put_link(&Link::consumer("sender", &[])).await;
+    let mut sub = lattice.client.subscribe("big").await.unwrap();
+    lattice.client.flush().await.unwrap();
+
+    let body = vec![7u8; 65536];
+    let result = component
+        .caller(&provider)
+        .await
+        .publish(&message("big", &body))
+        .await
+        .unwrap();
+
+    assert_eq!(result, Ok(()));
+    assert_eq!(next_message(&mut sub).await.unwrap().payload.len(), 65536);
+}
+
+#[tokio::test]
+async fn payload_one_byte_over_max_payload_is_refused_naming_the_limit() {
+    let lattice = Lattice::on(NatsServer::with_config("max_payload: 65536")).await;
+    let provider = lattice.provider(&[]).await;
+    let component = lattice.component("sender", Behaviour::default()).await;
+    provider.put_link(&Link::consumer("sender", &[])).await;
+
+    let body = vec![7u8; 65537];
+    let err = component
+        .caller(&provider)
+        .await
+        .publish(&message("big", &body))
+        .await
+        .unwrap()
+        .unwrap_err();
+
+    assert!(err.contains("65537 bytes"), "{err}");
+    assert!(err.contains("max_payload of 65536"), "{err}");
+}
+
+#[tokio::test]
+async fn publish_to_a_wildcard_subject_is_refused() {
+    let lattice = Lattice::start().await;
+    let provider = lattice.provider(&[]).await;
+    let component = lattice.component("sender", Behaviour::default()).await;
+    provider.put_link(&Link::consumer("sender", &[])).await;
+
+    let err = component
+        .caller(&provider)
+        .await
+        .publish(&message("orders.*", b"x"))
+        .await
+        .unwrap()
+        .unwrap_err();
+
+    assert!(
+        err.contains("\"orders.*\"") && err.contains("wildcard"),
+        "{err}"
+    );
+}
+
+#[tokio::test]
+async fn publish_while_the_server_is_down_fails_after_the_publish_timeout() {
+    let lattice = Lattice::start().await;
+    let mut data = NatsServer::start();
+    let provider = lattice.provider(&[]).await;
+    let component = lattice.component("sender", Behaviour::default()).await;
+    let link = Link::consumer(
+        "sender",
+        &[("cluster_uris", &data.url()), ("publish_timeout_ms", "300")],
+    );
+    provider.put_link(&link).await;
+    data.stop();
+    tokio::time::sleep(Duration::from_millis(200)).await;
+
+    let err = component
+        .caller(&provider)
+        .await
+        .publish(&message("lost", b"x"))
+        .await
+        .unwrap()
+        .unwrap_err();
+
+    assert!(err.contains("not confirmed"), "{err}");
+    assert!(err.contains("within 300 ms"), "{err}");
+}
+
+#[tokio::test]
+async fn unlinked_component_is_refused() {
+    let lattice = Lattice::start().await;
+    let provider = lattice.provider(&[]).await;
+    let component = lattice.component("stranger", Behaviour::default()).await;
+
+    let err = component
+        .caller(&provider)
+        .await
+        .publish(&message("anything", b"x"))
+        .await
+        .unwrap()
+        .unwrap_err();
+
+    assert!(err.contains("\"stranger\""), "{err}");
+    assert!(
+        err.contains("no wasmcloud:messaging/consumer link"),
+        "{err}"
+    );
+}
+
+#[tokio::test]
+async fn caller_without_source_id_is_refused() {
+    let lattice = Lattice::start().await;
+    let provider = lattice.provider(&[]).await;
+    let component = lattice.component("sender", Behaviour::default()).await;
+    provider.put_link(&Link::consumer("sender", &[])).await;
+
+    let mut caller = component.caller(&provider).await;
+    caller.source_id = None;
+    let err = caller
+        .publish(&message("anything", b"x"))
+        .await
+        .unwrap()
+        .unwrap_err();
+
+    assert!(err.contains("no source component"), "{err}");
+}
+
+#[tokio::test]
+async fn each_component_publishes_through_its_own_link_and_link_name() {
+    let lattice = Lattice::start().await;
+    let other = NatsServer::start();
+    let provider = lattice.provider(&[]).await;
+    let a = lattice.component("a", Behaviour::default()).await;
+    let b = lattice.component("b", Behaviour::default()).await;
+    provider.put_link(&Link::consumer("a", &[])).await;
+    provider
+        .put_link(&Link::consumer("b", &[("cluster_uris", &other.url())]))
+        .await;
+    provider
+        .put_link(&Link::consumer("a", &[("cluster_uris", &other.url())]).named("secondary"))
+        .await;
+    let mut on_lattice = lattice.client.subscribe("where").await.unwrap();
+    lattice.client.flush().await.unwrap();
+    let other_client = other.client().await;
+    let mut on_other = other_client.subscribe("where").await.unwrap();
+    other_client.flush().await.unwrap();
+
+    a.caller(&provider)
+        .await
+        .publish(&message("where", b"a-default"))
+        .await
+        .unwrap()
+        .unwrap();
+    b.caller(&provider)
+        .await
+        .publish(&message("where", b"b-default"))
+        .await
+        .unwrap()
+        .unwrap();
+    let mut secondary = a.caller(&provider).await;
+    secondary.link_name = "secondary".into();
+    secondary
+        .publish(&message("where", b"a-secondary"))
+        .await
+        .unwrap()
+        .unwrap();
+
+    assert_eq!(
+        &next_message(&mut on_lattice).await.unwrap().payload[..],
+        b"a-default"
+    );
+    assert_eq!(
+        &next_message(&mut on_other).await.unwrap().payload[..],
+        b"b-default"
+    );
+    assert_eq!(
+        &next_message(&mut on_other).await.unwrap().payload[..],
+        b"a-secondary"
+    );
+    let stray =
+        tokio::time::timeout(Duration::from_millis(300), next_message(&mut on_lattice)).await;
+    assert!(stray.is_err(), "a message reached the wrong server");
+}
