@@ -3,6 +3,7 @@
 
 mod support;
 
+mod auth;
 mod config;
 mod delivery;
 mod lifecycle;
