@@ -107,3 +107,55 @@ async fn link_to_a_server_that_is_down_is_kept_and_works_once_it_is_up() {
         Some("later")
     );
 }
+
+/// Connections the provider holds open to `server`.
+fn provider_connections(server: &NatsServer) -> usize {
+    server
+        .connection_names()
+        .iter()
+        .filter(|name| name.as_str() == "wasmcloud-messaging-nats")
+        .count()
+}
+
+#[tokio::test]
+async fn links_with_equal_settings_share_a_connection_closed_with_the_last_link() {
+    let lattice = Lattice::start().await;
+    let data = NatsServer::start();
+    let provider = lattice.provider(&[]).await;
+    let handler = Link::handler(
+        "c",
+        &[("cluster_uris", &data.url()), ("subscriptions", "s")],
+    );
+    let consumer = Link::consumer("c", &[("cluster_uris", &data.url())]);
+    provider.put_link(&handler).await;
+    provider.put_link(&consumer).await;
+    assert_eq!(provider_connections(&data), 1);
+
+    provider.delete_link(&handler).await;
+    assert_eq!(provider_connections(&data), 1);
+
+    provider.delete_link(&consumer).await;
+    let mut open = provider_connections(&data);
+    for _ in 0..50 {
+        if open == 0 {
+            break;
+        }
+        tokio::time::sleep(Duration::from_millis(50)).await;
+        open = provider_connections(&data);
+    }
+    assert_eq!(open, 0);
+}
+
+#[tokio::test]
+async fn provider_config_update_applies_to_links_put_afterwards() {
+    let lattice = Lattice::start().await;
+    let data = NatsServer::start();
+    let provider = lattice.provider(&[]).await;
+
+    provider
+        .update_config(&[("cluster_uris", &data.url())])
+        .await;
+    provider.put_link(&Link::consumer("c", &[])).await;
+
+    assert_eq!(provider_connections(&data), 1);
+}

@@ -50,6 +50,8 @@ fn free_port() -> u16 {
 /// A private `nats-server` on a loopback port, killed on drop.
 pub struct NatsServer {
     pub port: u16,
+    /// HTTP monitoring port (`/connz`).
+    monitor_port: u16,
     dir: tempfile::TempDir,
     extra_config: String,
     child: Option<Child>,
@@ -65,6 +67,7 @@ impl NatsServer {
     pub fn with_config(extra_config: &str) -> Self {
         let mut server = Self {
             port: free_port(),
+            monitor_port: free_port(),
             dir: tempfile::tempdir().expect("temp dir"),
             extra_config: extra_config.to_string(),
             child: None,
@@ -96,8 +99,8 @@ impl NatsServer {
         std::fs::write(
             &config,
             format!(
-                "host: 127.0.0.1\nport: {}\n{}\n",
-                self.port, self.extra_config
+                "host: 127.0.0.1\nport: {}\nhttp: \"127.0.0.1:{}\"\n{}\n",
+                self.port, self.monitor_port, self.extra_config
             ),
         )
         .expect("write nats config");
@@ -114,6 +117,30 @@ impl NatsServer {
             assert!(Instant::now() < deadline, "nats-server did not start");
             std::thread::sleep(Duration::from_millis(20));
         }
+    }
+
+    /// Names of the client connections the server has, from its monitoring
+    /// endpoint.
+    pub fn connection_names(&self) -> Vec<String> {
+        use std::io::Read as _;
+        let mut stream =
+            std::net::TcpStream::connect(("127.0.0.1", self.monitor_port)).expect("monitor port");
+        stream
+            .write_all(b"GET /connz HTTP/1.0\r\nHost: 127.0.0.1\r\n\r\n")
+            .expect("send /connz");
+        let mut response = String::new();
+        stream.read_to_string(&mut response).expect("read /connz");
+        let body = response.split("\r\n\r\n").nth(1).unwrap_or_default();
+        let connz: serde_json::Value = serde_json::from_str(body).expect("/connz json");
+        connz["connections"]
+            .as_array()
+            .map(|conns| {
+                conns
+                    .iter()
+                    .map(|c| c["name"].as_str().unwrap_or_default().to_string())
+                    .collect()
+            })
+            .unwrap_or_default()
     }
 
     pub async fn client(&self) -> async_nats::Client {
@@ -361,6 +388,26 @@ impl Provider {
         self.logs
             .wait_for(from, "confirming the delete", |l| {
                 l.contains("link deleted") && l.contains(&marker)
+            })
+            .await;
+    }
+
+    /// Sends a provider config update, as the host does when named config
+    /// of the provider changes, and waits until it is applied.
+    pub async fn update_config(&self, config: &[(&str, &str)]) {
+        let from = self.logs.len();
+        let map: HashMap<&str, &str> = config.iter().copied().collect();
+        let subject = format!("wasmbus.rpc.{}.{}.config.update", self.lattice, self.key);
+        self.client
+            .publish(
+                subject,
+                serde_json::to_vec(&map).expect("config json").into(),
+            )
+            .await
+            .expect("publish config update");
+        self.logs
+            .wait_for(from, "confirming the config update", |l| {
+                l.contains("provider config updated")
             })
             .await;
     }
