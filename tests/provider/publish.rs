@@ -2,25 +2,16 @@
 
 use std::time::Duration;
 
-use crate::support::{message, next_message, Behaviour, Lattice, Link, NatsServer};
+use crate::support::{message, next_message, Behaviour, ConsumerSetup, Lattice, Link, NatsServer};
 
 #[tokio::test]
 async fn publish_arrives_with_reply_to() {
-    let lattice = Lattice::start().await;
-    let provider = lattice.provider(&[]).await;
-    let component = lattice.component("sender", Behaviour::default()).await;
-    provider.put_link(&Link::consumer("sender", &[])).await;
-    let mut sub = lattice.client.subscribe("orders.created").await.unwrap();
-    lattice.client.flush().await.unwrap();
+    let setup = ConsumerSetup::new(&[]).await;
+    let mut sub = setup.subscribe("orders.created").await;
 
     let mut msg = message("orders.created", b"order 1");
     msg.reply_to = Some("orders.replies".into());
-    let result = component
-        .caller(&provider)
-        .await
-        .publish(&msg)
-        .await
-        .unwrap();
+    let result = setup.caller.publish(&msg).await.unwrap();
 
     assert_eq!(result, Ok(()));
     let got = next_message(&mut sub).await.unwrap();
@@ -30,17 +21,13 @@ async fn publish_arrives_with_reply_to() {
 
 #[tokio::test]
 async fn publish_carries_the_invocation_trace_context() {
-    let lattice = Lattice::start().await;
-    let provider = lattice.provider(&[]).await;
-    let component = lattice.component("sender", Behaviour::default()).await;
-    provider.put_link(&Link::consumer("sender", &[])).await;
-    let mut sub = lattice.client.subscribe("traced").await.unwrap();
-    lattice.client.flush().await.unwrap();
+    let mut setup = ConsumerSetup::new(&[]).await;
+    let mut sub = setup.subscribe("traced").await;
     let traceparent = "00-4bf92f3577b34da6a3ce929d0e0e4736-00f067aa0ba902b7-01";
 
-    let mut caller = component.caller(&provider).await;
-    caller.traceparent = Some(traceparent.into());
-    caller
+    setup.caller.traceparent = Some(traceparent.into());
+    setup
+        .caller
         .publish(&message("traced", b"x"))
         .await
         .unwrap()
@@ -51,20 +38,20 @@ async fn publish_carries_the_invocation_trace_context() {
     assert_eq!(header.map(|v| v.as_str()), Some(traceparent));
 }
 
+/// A set-up whose server accepts messages of at most 64 KiB.
+async fn small_payload_setup() -> ConsumerSetup {
+    let lattice = Lattice::on(NatsServer::with_config("max_payload: 65536")).await;
+    ConsumerSetup::on(lattice, &[]).await
+}
+
 #[tokio::test]
 async fn payload_of_exactly_max_payload_is_published() {
-    let lattice = Lattice::on(NatsServer::with_config("max_payload: 65536")).await;
-    let provider = lattice.provider(&[]).await;
-    let component = lattice.component("sender", Behaviour::default()).await;
-    provider.put_link(&Link::consumer("sender", &[])).await;
-    let mut sub = lattice.client.subscribe("big").await.unwrap();
-    lattice.client.flush().await.unwrap();
+    let setup = small_payload_setup().await;
+    let mut sub = setup.subscribe("big").await;
 
-    let body = vec![7u8; 65536];
-    let result = component
-        .caller(&provider)
-        .await
-        .publish(&message("big", &body))
+    let result = setup
+        .caller
+        .publish(&message("big", &[7u8; 65536]))
         .await
         .unwrap();
 
@@ -74,16 +61,11 @@ async fn payload_of_exactly_max_payload_is_published() {
 
 #[tokio::test]
 async fn payload_one_byte_over_max_payload_is_refused_naming_the_limit() {
-    let lattice = Lattice::on(NatsServer::with_config("max_payload: 65536")).await;
-    let provider = lattice.provider(&[]).await;
-    let component = lattice.component("sender", Behaviour::default()).await;
-    provider.put_link(&Link::consumer("sender", &[])).await;
+    let setup = small_payload_setup().await;
 
-    let body = vec![7u8; 65537];
-    let err = component
-        .caller(&provider)
-        .await
-        .publish(&message("big", &body))
+    let err = setup
+        .caller
+        .publish(&message("big", &[7u8; 65537]))
         .await
         .unwrap()
         .unwrap_err();
@@ -94,14 +76,10 @@ async fn payload_one_byte_over_max_payload_is_refused_naming_the_limit() {
 
 #[tokio::test]
 async fn publish_to_a_wildcard_subject_is_refused() {
-    let lattice = Lattice::start().await;
-    let provider = lattice.provider(&[]).await;
-    let component = lattice.component("sender", Behaviour::default()).await;
-    provider.put_link(&Link::consumer("sender", &[])).await;
+    let setup = ConsumerSetup::new(&[]).await;
 
-    let err = component
-        .caller(&provider)
-        .await
+    let err = setup
+        .caller
         .publish(&message("orders.*", b"x"))
         .await
         .unwrap()
@@ -115,21 +93,18 @@ async fn publish_to_a_wildcard_subject_is_refused() {
 
 #[tokio::test]
 async fn publish_while_the_server_is_down_fails_after_the_publish_timeout() {
-    let lattice = Lattice::start().await;
     let mut data = NatsServer::start();
-    let provider = lattice.provider(&[]).await;
-    let component = lattice.component("sender", Behaviour::default()).await;
-    let link = Link::consumer(
-        "sender",
-        &[("cluster_uris", &data.url()), ("publish_timeout_ms", "300")],
-    );
-    provider.put_link(&link).await;
+    let config = [
+        ("cluster_uris", data.url()),
+        ("publish_timeout_ms", "300".into()),
+    ];
+    let config: Vec<(&str, &str)> = config.iter().map(|(k, v)| (*k, v.as_str())).collect();
+    let setup = ConsumerSetup::on(Lattice::start().await, &config).await;
     data.stop();
     tokio::time::sleep(Duration::from_millis(200)).await;
 
-    let err = component
-        .caller(&provider)
-        .await
+    let err = setup
+        .caller
         .publish(&message("lost", b"x"))
         .await
         .unwrap()
@@ -162,14 +137,11 @@ async fn unlinked_component_is_refused() {
 
 #[tokio::test]
 async fn caller_without_source_id_is_refused() {
-    let lattice = Lattice::start().await;
-    let provider = lattice.provider(&[]).await;
-    let component = lattice.component("sender", Behaviour::default()).await;
-    provider.put_link(&Link::consumer("sender", &[])).await;
+    let mut setup = ConsumerSetup::new(&[]).await;
 
-    let mut caller = component.caller(&provider).await;
-    caller.source_id = None;
-    let err = caller
+    setup.caller.source_id = None;
+    let err = setup
+        .caller
         .publish(&message("anything", b"x"))
         .await
         .unwrap()
@@ -198,8 +170,8 @@ async fn each_component_publishes_through_its_own_link_and_link_name() {
     let mut on_other = other_client.subscribe("where").await.unwrap();
     other_client.flush().await.unwrap();
 
-    a.caller(&provider)
-        .await
+    let mut a_caller = a.caller(&provider).await;
+    a_caller
         .publish(&message("where", b"a-default"))
         .await
         .unwrap()
@@ -210,9 +182,8 @@ async fn each_component_publishes_through_its_own_link_and_link_name() {
         .await
         .unwrap()
         .unwrap();
-    let mut secondary = a.caller(&provider).await;
-    secondary.link_name = "secondary".into();
-    secondary
+    a_caller.link_name = "secondary".into();
+    a_caller
         .publish(&message("where", b"a-secondary"))
         .await
         .unwrap()

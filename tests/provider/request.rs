@@ -1,10 +1,10 @@
 //! `consumer.request`.
 
-use futures::StreamExt as _;
-
 use std::time::Duration;
 
-use crate::support::{Behaviour, Lattice, Link, NatsServer};
+use futures::StreamExt as _;
+
+use crate::support::{ConsumerSetup, Lattice, NatsServer};
 
 /// Answers every request on `subject` with `reply: <body>`.
 async fn responder(client: &async_nats::Client, subject: &str) {
@@ -23,15 +23,11 @@ async fn responder(client: &async_nats::Client, subject: &str) {
 
 #[tokio::test]
 async fn request_returns_the_reply_with_its_subject() {
-    let lattice = Lattice::start().await;
-    let provider = lattice.provider(&[]).await;
-    let component = lattice.component("asker", Behaviour::default()).await;
-    provider.put_link(&Link::consumer("asker", &[])).await;
-    responder(&lattice.client, "svc.echo").await;
+    let setup = ConsumerSetup::new(&[]).await;
+    responder(&setup.lattice.client, "svc.echo").await;
 
-    let reply = component
-        .caller(&provider)
-        .await
+    let reply = setup
+        .caller
         .request("svc.echo", b"ping", 2000)
         .await
         .unwrap()
@@ -43,20 +39,11 @@ async fn request_returns_the_reply_with_its_subject() {
 
 #[tokio::test]
 async fn request_uses_the_custom_inbox_prefix() {
-    let lattice = Lattice::start().await;
-    let provider = lattice.provider(&[]).await;
-    let component = lattice.component("asker", Behaviour::default()).await;
-    provider
-        .put_link(&Link::consumer(
-            "asker",
-            &[("custom_inbox_prefix", "_MYINBOX")],
-        ))
-        .await;
-    responder(&lattice.client, "svc.echo").await;
+    let setup = ConsumerSetup::new(&[("custom_inbox_prefix", "_MYINBOX")]).await;
+    responder(&setup.lattice.client, "svc.echo").await;
 
-    let reply = component
-        .caller(&provider)
-        .await
+    let reply = setup
+        .caller
         .request("svc.echo", b"ping", 2000)
         .await
         .unwrap()
@@ -67,16 +54,11 @@ async fn request_uses_the_custom_inbox_prefix() {
 
 #[tokio::test]
 async fn request_without_a_reply_times_out_naming_the_wait() {
-    let lattice = Lattice::start().await;
-    let provider = lattice.provider(&[]).await;
-    let component = lattice.component("asker", Behaviour::default()).await;
-    provider.put_link(&Link::consumer("asker", &[])).await;
-    let _silent = lattice.client.subscribe("svc.silent").await.unwrap();
-    lattice.client.flush().await.unwrap();
+    let setup = ConsumerSetup::new(&[]).await;
+    let _silent = setup.subscribe("svc.silent").await;
 
-    let err = component
-        .caller(&provider)
-        .await
+    let err = setup
+        .caller
         .request("svc.silent", b"ping", 300)
         .await
         .unwrap()
@@ -90,18 +72,11 @@ async fn request_without_a_reply_times_out_naming_the_wait() {
 
 #[tokio::test]
 async fn request_with_zero_timeout_uses_the_configured_default() {
-    let lattice = Lattice::start().await;
-    let provider = lattice.provider(&[]).await;
-    let component = lattice.component("asker", Behaviour::default()).await;
-    provider
-        .put_link(&Link::consumer("asker", &[("request_timeout_ms", "250")]))
-        .await;
-    let _silent = lattice.client.subscribe("svc.silent").await.unwrap();
-    lattice.client.flush().await.unwrap();
+    let setup = ConsumerSetup::new(&[("request_timeout_ms", "250")]).await;
+    let _silent = setup.subscribe("svc.silent").await;
 
-    let err = component
-        .caller(&provider)
-        .await
+    let err = setup
+        .caller
         .request("svc.silent", b"ping", 0)
         .await
         .unwrap()
@@ -112,14 +87,10 @@ async fn request_with_zero_timeout_uses_the_configured_default() {
 
 #[tokio::test]
 async fn request_with_no_responders_fails_saying_so() {
-    let lattice = Lattice::start().await;
-    let provider = lattice.provider(&[]).await;
-    let component = lattice.component("asker", Behaviour::default()).await;
-    provider.put_link(&Link::consumer("asker", &[])).await;
+    let setup = ConsumerSetup::new(&[]).await;
 
-    let err = component
-        .caller(&provider)
-        .await
+    let err = setup
+        .caller
         .request("svc.nobody", b"ping", 5000)
         .await
         .unwrap()
@@ -133,22 +104,14 @@ async fn request_with_no_responders_fails_saying_so() {
 
 #[tokio::test]
 async fn request_timeout_above_the_maximum_is_refused() {
-    let lattice = Lattice::start().await;
-    let provider = lattice.provider(&[]).await;
-    let component = lattice.component("asker", Behaviour::default()).await;
-    provider
-        .put_link(&Link::consumer(
-            "asker",
-            &[
-                ("max_request_timeout_ms", "1000"),
-                ("request_timeout_ms", "500"),
-            ],
-        ))
-        .await;
+    let setup = ConsumerSetup::new(&[
+        ("max_request_timeout_ms", "1000"),
+        ("request_timeout_ms", "500"),
+    ])
+    .await;
 
-    let err = component
-        .caller(&provider)
-        .await
+    let err = setup
+        .caller
         .request("svc.echo", b"ping", 5000)
         .await
         .unwrap()
@@ -162,19 +125,13 @@ async fn request_timeout_above_the_maximum_is_refused() {
 
 #[tokio::test]
 async fn request_while_the_server_is_down_fails_saying_the_connection_is_down() {
-    let lattice = Lattice::start().await;
     let mut data = NatsServer::start();
-    let provider = lattice.provider(&[]).await;
-    let component = lattice.component("asker", Behaviour::default()).await;
-    provider
-        .put_link(&Link::consumer("asker", &[("cluster_uris", &data.url())]))
-        .await;
+    let setup = ConsumerSetup::on(Lattice::start().await, &[("cluster_uris", &data.url())]).await;
     data.stop();
     tokio::time::sleep(Duration::from_millis(200)).await;
 
-    let err = component
-        .caller(&provider)
-        .await
+    let err = setup
+        .caller
         .request("svc.echo", b"ping", 300)
         .await
         .unwrap()

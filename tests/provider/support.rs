@@ -762,6 +762,45 @@ impl Caller {
     }
 }
 
+/// The usual set-up of a consumer test: a lattice, the provider, and a
+/// component "c" with a consumer link configured by `config`.
+pub struct ConsumerSetup {
+    pub lattice: Lattice,
+    pub provider: Provider,
+    pub caller: Caller,
+}
+
+impl ConsumerSetup {
+    pub async fn new(config: &[(&str, &str)]) -> Self {
+        Self::on(Lattice::start().await, config).await
+    }
+
+    pub async fn on(lattice: Lattice, config: &[(&str, &str)]) -> Self {
+        let provider = lattice.provider(&[]).await;
+        let component = lattice.component("c", Behaviour::default()).await;
+        let line = provider.put_link(&Link::consumer("c", config)).await;
+        assert!(line.contains("link ready"), "{line}");
+        let caller = component.caller(&provider).await;
+        Self {
+            lattice,
+            provider,
+            caller,
+        }
+    }
+
+    /// Subscribes on the lattice's server, confirmed before it returns.
+    pub async fn subscribe(&self, subject: &str) -> async_nats::Subscriber {
+        let sub = self
+            .lattice
+            .client
+            .subscribe(subject.to_string())
+            .await
+            .expect("subscribe");
+        self.lattice.client.flush().await.expect("flush");
+        sub
+    }
+}
+
 /// A message with no reply-to.
 pub fn message(subject: &str, body: &[u8]) -> BrokerMessage {
     BrokerMessage {
