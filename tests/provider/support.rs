@@ -766,7 +766,8 @@ impl Caller {
 /// component "c" with a consumer link configured by `config`.
 pub struct ConsumerSetup {
     pub lattice: Lattice,
-    pub provider: Provider,
+    /// Kept so that the provider process lives as long as the set-up.
+    _provider: Provider,
     pub caller: Caller,
 }
 
@@ -783,7 +784,7 @@ impl ConsumerSetup {
         let caller = component.caller(&provider).await;
         Self {
             lattice,
-            provider,
+            _provider: provider,
             caller,
         }
     }
