@@ -13,6 +13,7 @@ use std::time::Duration;
 use anyhow::Context as _;
 use futures::stream::{self, StreamExt as _};
 use tokio::task::{JoinHandle, JoinSet};
+use tokio::time::Instant;
 use tokio_util::sync::CancellationToken;
 use tracing::{debug, info, warn, Instrument as _};
 use wasmcloud_provider_sdk::provider::WrpcClient;
@@ -115,8 +116,7 @@ impl Deliveries {
         Ok(Self { stop, task, stats })
     }
 
-    /// Unsubscribes, lets in-flight deliveries finish within the drain
-    /// timeout and aborts the rest. No delivery starts after this returns.
+    /// Drains the link (see [`run`]). No delivery starts after this returns.
     pub async fn stop(mut self) {
         self.stop.cancel();
         if let Err(err) = (&mut self.task).await {
@@ -132,6 +132,11 @@ impl Drop for Deliveries {
 }
 
 /// The delivery loop of one handler link, from subscription to drain.
+///
+/// On stop the link drains: it unsubscribes, keeps delivering what the
+/// client had already received until the subscriptions end, and waits for
+/// in-flight calls, all within `drain_timeout`; whatever is left then is
+/// aborted.
 async fn run(
     mut messages: stream::SelectAll<async_nats::Subscriber>,
     settings: HandlerSettings,
@@ -140,48 +145,62 @@ async fn run(
     stop: CancellationToken,
 ) {
     let mut in_flight = JoinSet::new();
+    let mut drain_deadline = None;
     loop {
+        if drain_deadline.is_some() && messages.is_empty() && in_flight.is_empty() {
+            break;
+        }
         tokio::select! {
             biased;
-            () = stop.cancelled() => break,
+            () = stop.cancelled(), if drain_deadline.is_none() => {
+                drain_deadline = Some(Instant::now() + settings.drain_timeout);
+                // Unsubscribing drops the client's side of each
+                // subscription: its stream yields what it had buffered and
+                // then ends.
+                for subscriber in messages.iter_mut() {
+                    if let Err(err) = subscriber.unsubscribe().await {
+                        debug!(%err, "unsubscribe failed; the connection is going away");
+                    }
+                }
+            }
+            () = sleep_until_deadline(drain_deadline) => {
+                warn!(
+                    aborted = in_flight.len(),
+                    drain_timeout_ms = settings.drain_timeout.as_millis() as u64,
+                    "deliveries still running after the drain timeout were aborted; \
+                     messages not yet delivered were dropped"
+                );
+                in_flight.shutdown().await;
+                break;
+            }
             Some(_) = in_flight.join_next(), if !in_flight.is_empty() => {}
             next = messages.next(), if !messages.is_empty() && in_flight.len() < settings.max_in_flight => {
-                let Some(msg) = next else {
-                    warn!("all subscriptions closed by the NATS client");
-                    break;
-                };
-                in_flight.spawn(deliver(
-                    msg,
-                    target.clone(),
-                    settings.handler_timeout,
-                    Arc::clone(&stats),
-                ));
+                match next {
+                    Some(msg) => {
+                        in_flight.spawn(deliver(
+                            msg,
+                            target.clone(),
+                            settings.handler_timeout,
+                            Arc::clone(&stats),
+                        ));
+                    }
+                    None if drain_deadline.is_none() => {
+                        warn!("all subscriptions closed by the NATS client");
+                    }
+                    None => {}
+                }
             }
         }
     }
-
-    // Unsubscribe first, so that nothing more is buffered for this link.
-    for subscriber in messages.iter_mut() {
-        if let Err(err) = subscriber.unsubscribe().await {
-            debug!(%err, "unsubscribe failed; the connection is going away");
-        }
-    }
-    drop(messages);
-    let pending = in_flight.len();
-    let drained = tokio::time::timeout(settings.drain_timeout, async {
-        while in_flight.join_next().await.is_some() {}
-    })
-    .await;
-    if drained.is_err() {
-        warn!(
-            aborted = in_flight.len(),
-            of = pending,
-            drain_timeout_ms = settings.drain_timeout.as_millis() as u64,
-            "deliveries still running after the drain timeout were aborted"
-        );
-        in_flight.shutdown().await;
-    }
     info!(stats = stats.summary(), "handler link stopped");
+}
+
+/// Sleeps until the drain deadline, or forever while not draining.
+async fn sleep_until_deadline(deadline: Option<Instant>) {
+    match deadline {
+        Some(deadline) => tokio::time::sleep_until(deadline).await,
+        None => std::future::pending().await,
+    }
 }
 
 /// Delivers one message: NATS message in, `handle-message` call out, with

@@ -264,6 +264,74 @@ async fn link_delete_stops_delivery() {
 }
 
 #[tokio::test]
+async fn link_delete_first_delivers_messages_already_received() {
+    let lattice = Lattice::start().await;
+    let provider = lattice.provider(&[]).await;
+    let behaviour = Behaviour {
+        delay: Duration::from_millis(100),
+        ..Behaviour::default()
+    };
+    let mut component = lattice.component("worker", behaviour).await;
+    let link = Link::handler(
+        "worker",
+        &[
+            ("subscriptions", "queued"),
+            ("max_in_flight", "1"),
+            ("drain_timeout_ms", "10000"),
+        ],
+    );
+    provider.put_link(&link).await;
+    for i in 0..5 {
+        lattice
+            .client
+            .publish("queued", format!("{i}").into())
+            .await
+            .unwrap();
+    }
+    lattice.client.flush().await.unwrap();
+    while component.peak_in_flight() == 0 {
+        tokio::time::sleep(Duration::from_millis(5)).await;
+    }
+
+    provider.delete_link(&link).await;
+
+    let bodies: Vec<_> = component
+        .take(5)
+        .await
+        .into_iter()
+        .map(|r| r.message.body)
+        .collect();
+    assert_eq!(bodies, ["0", "1", "2", "3", "4"].map(bytes::Bytes::from));
+}
+
+#[tokio::test]
+async fn drain_timeout_aborts_deliveries_that_outlast_it() {
+    let lattice = Lattice::start().await;
+    let provider = lattice.provider(&[]).await;
+    let behaviour = Behaviour {
+        delay: Duration::from_secs(5),
+        ..Behaviour::default()
+    };
+    let component = lattice.component("worker", behaviour).await;
+    let link = Link::handler(
+        "worker",
+        &[("subscriptions", "stuck"), ("drain_timeout_ms", "200")],
+    );
+    provider.put_link(&link).await;
+    lattice.client.publish("stuck", "x".into()).await.unwrap();
+    while component.peak_in_flight() == 0 {
+        tokio::time::sleep(Duration::from_millis(5)).await;
+    }
+
+    provider.delete_link(&link).await;
+
+    let aborted = provider
+        .logs
+        .count(|l| l.contains("were aborted") && l.contains("aborted=1"));
+    assert_eq!(aborted, 1);
+}
+
+#[tokio::test]
 async fn incoming_trace_headers_reach_the_handler_call() {
     let lattice = Lattice::start().await;
     let provider = lattice.provider(&[]).await;
