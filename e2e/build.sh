@@ -1,0 +1,48 @@
+#!/usr/bin/env bash
+# Builds everything the end-to-end tests and the demo run: installs what is
+# missing (nats-server, the wasm32-wasip2 target), patches the host crate
+# (prepare-host.sh), then builds the provider, the echo component and the e2e
+# crate, all in release mode, and leaves the artifacts wadm.yaml deploys in
+# build/ (messaging-nats.par.gz, echo_component.wasm). Honours CARGO_TARGET_DIR.
+set -euo pipefail
+
+repo="$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)"
+e2e="$repo/e2e"
+start=$SECONDS
+
+step() { printf '\n==> [%4ds] %s\n' "$((SECONDS - start))" "$*"; }
+
+if ! command -v nats-server >/dev/null 2>&1; then
+    step "installing nats-server (apt)"
+    if ! apt-get install -y nats-server; then
+        apt-get update
+        apt-get install -y nats-server
+    fi
+fi
+
+if ! rustup target list --installed | grep -qx wasm32-wasip2; then
+    step "adding rust target wasm32-wasip2"
+    rustup target add wasm32-wasip2
+fi
+
+step "preparing the wasmcloud-host crate"
+"$e2e/prepare-host.sh"
+
+step "building the provider (cargo build --release --bin messaging-nats)"
+(cd "$repo" && cargo build --release --bin messaging-nats)
+
+step "building the echo component (wasm32-wasip2)"
+cargo build --release --target wasm32-wasip2 \
+    --manifest-path "$repo/examples/echo-component/Cargo.toml"
+
+step "building the e2e crate with the embedded host (first build: 10-20 min on 2 cores)"
+# From inside e2e/ so that cargo reads the patch in e2e/.cargo/config.toml.
+(cd "$e2e" && cargo build --release --bins --tests)
+
+step "packaging build/messaging-nats.par.gz and build/echo_component.wasm"
+mkdir -p "$repo/build"
+(cd "$e2e" && cargo run --release --quiet --bin make-par -- "$repo/build/messaging-nats.par.gz")
+component_target="${CARGO_TARGET_DIR:-$repo/examples/echo-component/target}"
+cp "$component_target/wasm32-wasip2/release/echo_component.wasm" "$repo/build/echo_component.wasm"
+
+step "built everything"

@@ -1,0 +1,13 @@
+#!/usr/bin/env bash
+# Builds what the end-to-end tests need (build.sh) and runs them.
+# Extra arguments go to `cargo nextest run`, e.g. `e2e/run-tests.sh -E "binary(messaging)"`.
+set -euo pipefail
+
+e2e="$(cd "$(dirname "${BASH_SOURCE[0]}")" && pwd)"
+"$e2e/build.sh"
+cd "$e2e"
+# A fresh temp dir per run: the host caches provider executables there.
+TMPDIR="$(mktemp -d -t messaging-nats-e2e.XXXXXX)"
+export TMPDIR
+trap 'rm -rf "$TMPDIR"' EXIT
+cargo nextest run --release --no-fail-fast "$@"
