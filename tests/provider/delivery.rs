@@ -91,13 +91,7 @@ async fn queue_group_across_two_providers_delivers_each_message_once() {
     first.put_link(&link).await;
     second.put_link(&link).await;
 
-    for i in 0..200 {
-        lattice
-            .client
-            .publish("work", format!("{i}").into())
-            .await
-            .unwrap();
-    }
+    lattice.publish_numbered("work", 200).await;
 
     let received = component.take(200).await;
     component.expect_nothing(Duration::from_millis(300)).await;
@@ -180,10 +174,7 @@ async fn handler_errors_do_not_stop_delivery() {
 async fn max_in_flight_bounds_concurrent_deliveries() {
     let lattice = Lattice::start().await;
     let provider = lattice.provider(&[]).await;
-    let behaviour = Behaviour {
-        delay: Duration::from_millis(50),
-        ..Behaviour::default()
-    };
+    let behaviour = Behaviour::slow(Duration::from_millis(50));
     let mut component = lattice.component("worker", behaviour).await;
     provider
         .put_link(&Link::handler(
@@ -192,13 +183,7 @@ async fn max_in_flight_bounds_concurrent_deliveries() {
         ))
         .await;
 
-    for i in 0..40 {
-        lattice
-            .client
-            .publish("burst", format!("{i}").into())
-            .await
-            .unwrap();
-    }
+    lattice.publish_numbered("burst", 40).await;
 
     component.take(40).await;
     assert_eq!(component.peak_in_flight(), 4, "peak concurrent deliveries");
@@ -208,10 +193,7 @@ async fn max_in_flight_bounds_concurrent_deliveries() {
 async fn max_in_flight_one_delivers_in_publish_order() {
     let lattice = Lattice::start().await;
     let provider = lattice.provider(&[]).await;
-    let behaviour = Behaviour {
-        delay: Duration::from_millis(2),
-        ..Behaviour::default()
-    };
+    let behaviour = Behaviour::slow(Duration::from_millis(2));
     let mut component = lattice.component("worker", behaviour).await;
     provider
         .put_link(&Link::handler(
@@ -220,13 +202,7 @@ async fn max_in_flight_one_delivers_in_publish_order() {
         ))
         .await;
 
-    for i in 0..100 {
-        lattice
-            .client
-            .publish("ordered", format!("{i}").into())
-            .await
-            .unwrap();
-    }
+    lattice.publish_numbered("ordered", 100).await;
 
     let order: Vec<String> = component
         .take(100)
@@ -267,10 +243,7 @@ async fn link_delete_stops_delivery() {
 async fn link_delete_first_delivers_messages_already_received() {
     let lattice = Lattice::start().await;
     let provider = lattice.provider(&[]).await;
-    let behaviour = Behaviour {
-        delay: Duration::from_millis(100),
-        ..Behaviour::default()
-    };
+    let behaviour = Behaviour::slow(Duration::from_millis(100));
     let mut component = lattice.component("worker", behaviour).await;
     let link = Link::handler(
         "worker",
@@ -281,13 +254,7 @@ async fn link_delete_first_delivers_messages_already_received() {
         ],
     );
     provider.put_link(&link).await;
-    for i in 0..5 {
-        lattice
-            .client
-            .publish("queued", format!("{i}").into())
-            .await
-            .unwrap();
-    }
+    lattice.publish_numbered("queued", 5).await;
     lattice.client.flush().await.unwrap();
     while component.peak_in_flight() == 0 {
         tokio::time::sleep(Duration::from_millis(5)).await;
@@ -308,10 +275,7 @@ async fn link_delete_first_delivers_messages_already_received() {
 async fn drain_timeout_aborts_deliveries_that_outlast_it() {
     let lattice = Lattice::start().await;
     let provider = lattice.provider(&[]).await;
-    let behaviour = Behaviour {
-        delay: Duration::from_secs(5),
-        ..Behaviour::default()
-    };
+    let behaviour = Behaviour::slow(Duration::from_secs(5));
     let component = lattice.component("worker", behaviour).await;
     let link = Link::handler(
         "worker",
@@ -359,10 +323,7 @@ async fn incoming_trace_headers_reach_the_handler_call() {
 async fn lost_handler_reply_times_out_and_frees_its_slot() {
     let lattice = Lattice::start().await;
     let provider = lattice.provider(&[]).await;
-    let behaviour = Behaviour {
-        delay: Duration::from_millis(600),
-        ..Behaviour::default()
-    };
+    let behaviour = Behaviour::slow(Duration::from_millis(600));
     let mut component = lattice.component("worker", behaviour).await;
     provider
         .put_link(&Link::handler(

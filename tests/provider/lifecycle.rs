@@ -21,10 +21,7 @@ async fn shutdown_request_exits_zero() {
 async fn sigterm_drains_in_flight_deliveries_and_exits_zero() {
     let lattice = Lattice::start().await;
     let provider = lattice.provider(&[]).await;
-    let behaviour = Behaviour {
-        delay: Duration::from_millis(300),
-        ..Behaviour::default()
-    };
+    let behaviour = Behaviour::slow(Duration::from_millis(300));
     let mut component = lattice.component("c", behaviour).await;
     provider
         .put_link(&Link::handler("c", &[("subscriptions", "slow")]))

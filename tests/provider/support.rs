@@ -241,6 +241,17 @@ impl Lattice {
         Provider::start(self, key, provider_config).await
     }
 
+    /// Publishes bodies "0", "1", ... "n-1" to `subject`, in order.
+    pub async fn publish_numbered(&self, subject: &str, n: usize) {
+        for i in 0..n {
+            self.client
+                .publish(subject.to_string(), i.to_string().into())
+                .await
+                .expect("publish");
+        }
+        self.client.flush().await.expect("flush");
+    }
+
     /// Plays a component: serves `handler` under `id` on this lattice.
     pub async fn component(&self, id: &str, behaviour: Behaviour) -> Component {
         Component::start(self, id, behaviour).await
@@ -559,6 +570,16 @@ pub struct Behaviour {
     pub delay: Duration,
     /// Returns `Err` for bodies that start with this.
     pub fail_prefix: Option<Vec<u8>>,
+}
+
+impl Behaviour {
+    /// Answers `Ok` after `delay`.
+    pub fn slow(delay: Duration) -> Self {
+        Self {
+            delay,
+            ..Self::default()
+        }
+    }
 }
 
 /// A message as the test component received it.
