@@ -10,30 +10,8 @@ use wadm_types::validation::{validate_manifest_bytes, ValidationFailureLevel};
 use wadm_types::{ConfigProperty, Manifest, Properties, TraitProperty};
 use wit_parser::Resolve;
 
-/// Config keys the provider reads from its own, link source and link target
-/// config. Mirrors the provider's list until it exposes one.
-pub const ACCEPTED_CONFIG_KEYS: &[&str] = &[
-    "subscriptions",
-    "cluster_uris",
-    "client_jwt",
-    "client_seed",
-    "tls_ca",
-    "tls_ca_file",
-    "custom_inbox_prefix",
-    "ping_interval_sec",
-    "max_in_flight",
-    "nkey_seed",
-    "username",
-    "password",
-    "token",
-    "credentials_file",
-    "publish_timeout_ms",
-    "request_timeout_ms",
-    "max_request_timeout_ms",
-    "drain_timeout_ms",
-    "handler_timeout_ms",
-    "connect_timeout_ms",
-];
+/// Config keys the provider accepts, from the provider crate itself.
+pub use messaging_nats::config::KNOWN_KEYS as ACCEPTED_CONFIG_KEYS;
 
 /// Interfaces defined by the WIT under `wit_dir`, as `namespace:package/name`
 /// (versions left out, as wadm links name them). `wit_dir` is either a package

@@ -27,7 +27,9 @@ pub const WAIT: Duration = Duration::from_secs(30);
 /// How long a test watches for something that should not happen.
 pub const QUIET: Duration = Duration::from_secs(1);
 
-/// The provider archive, built once per test binary from the release build.
+/// The provider archive, built once per test process from the release
+/// build, under a name of its own: nextest runs tests as parallel
+/// processes, and one must not read an archive another is still writing.
 pub async fn provider_archive() -> Result<PathBuf> {
     static ARCHIVE: OnceCell<PathBuf> = OnceCell::const_new();
     ARCHIVE
@@ -37,7 +39,7 @@ pub async fn provider_archive() -> Result<PathBuf> {
             build_provider_archive(
                 &paths::provider_bin()?,
                 &paths::provider_version()?,
-                &dir.join("messaging-nats.par.gz"),
+                &dir.join(format!("messaging-nats-{}.par.gz", std::process::id())),
             )
             .await
         })
