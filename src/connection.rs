@@ -6,6 +6,8 @@ use std::str::FromStr;
 use std::sync::Arc;
 
 use anyhow::{anyhow, Context as _};
+use bytes::Bytes;
+use async_nats::client::RequestErrorKind;
 use async_nats::connection::State;
 use async_nats::{ConnectOptions, Event, ServerAddr};
 use tokio::sync::Mutex;
@@ -28,6 +30,18 @@ impl NatsConnection {
     /// True while the client has a live connection to a server.
     pub fn is_connected(&self) -> bool {
         self.client.connection_state() == State::Connected
+    }
+
+    /// Waits until the server has processed everything this client sent
+    /// before (subscriptions, unsubscriptions, messages). A flush only empties
+    /// the client's buffer; this makes a request to a subject that nobody
+    /// serves, which the server answers with "no responders" in order.
+    pub async fn round_trip(&self) -> Result<(), async_nats::RequestError> {
+        let nobody = self.client.new_inbox();
+        match self.client.request(nobody, Bytes::new()).await {
+            Err(err) if err.kind() != RequestErrorKind::NoResponders => Err(err),
+            _ => Ok(()),
+        }
     }
 
     /// A word for the connection state, for health messages and errors.

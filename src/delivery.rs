@@ -86,7 +86,7 @@ impl Deliveries {
             .with_context(|| format!("cannot subscribe to {subject:?}"))?;
             subscribers.push(subscriber);
         }
-        match tokio::time::timeout(connect_timeout, client.flush()).await {
+        match tokio::time::timeout(connect_timeout, connection.round_trip()).await {
             Ok(Ok(())) => {}
             Ok(Err(err)) => warn!(%err, "could not confirm subscriptions with the server"),
             Err(_) => warn!(
@@ -105,6 +105,7 @@ impl Deliveries {
         );
         let task = tokio::spawn(
             run(
+                connection,
                 stream::select_all(subscribers),
                 settings,
                 target,
@@ -133,11 +134,12 @@ impl Drop for Deliveries {
 
 /// The delivery loop of one handler link, from subscription to drain.
 ///
-/// On stop the link drains: it unsubscribes, keeps delivering what the
-/// client had already received until the subscriptions end, and waits for
-/// in-flight calls, all within `drain_timeout`; whatever is left then is
-/// aborted.
+/// On stop the link drains as NATS clients do: it withdraws its interest,
+/// confirms that with a server round trip, keeps delivering what arrived
+/// until then, and waits for in-flight calls, all within `drain_timeout`;
+/// whatever is left then is aborted.
 async fn run(
+    connection: Arc<NatsConnection>,
     mut messages: stream::SelectAll<async_nats::Subscriber>,
     settings: HandlerSettings,
     target: Target,
@@ -154,14 +156,20 @@ async fn run(
             biased;
             () = stop.cancelled(), if drain_deadline.is_none() => {
                 drain_deadline = Some(Instant::now() + settings.drain_timeout);
-                // Unsubscribing drops the client's side of each
-                // subscription: its stream yields what it had buffered and
-                // then ends.
                 for subscriber in messages.iter_mut() {
-                    if let Err(err) = subscriber.unsubscribe().await {
-                        debug!(%err, "unsubscribe failed; the connection is going away");
+                    if let Err(err) = subscriber.drain().await {
+                        debug!(%err, "drain request failed; the connection is going away");
                     }
                 }
+                // The client ends a draining subscription the next time its
+                // connection task wakes up; the reply to a round trip is that
+                // wake-up, after every message sent before the UNSUB. Not
+                // awaited here: while disconnected it would hold up deliveries.
+                let connection = Arc::clone(&connection);
+                let bound = settings.drain_timeout;
+                tokio::spawn(async move {
+                    tokio::time::timeout(bound, connection.round_trip()).await
+                });
             }
             () = sleep_until_deadline(drain_deadline) => {
                 warn!(
