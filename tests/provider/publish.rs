@@ -65,10 +65,8 @@ async fn payload_one_byte_over_max_payload_is_refused_naming_the_limit() {
 
     let err = setup
         .caller
-        .publish(&message("big", &[7u8; 65537]))
-        .await
-        .unwrap()
-        .unwrap_err();
+        .publish_error(&message("big", &[7u8; 65537]))
+        .await;
 
     assert!(err.contains("65537 bytes"), "{err}");
     assert!(err.contains("max_payload of 65536"), "{err}");
@@ -78,12 +76,7 @@ async fn payload_one_byte_over_max_payload_is_refused_naming_the_limit() {
 async fn publish_to_a_wildcard_subject_is_refused() {
     let setup = ConsumerSetup::new(&[]).await;
 
-    let err = setup
-        .caller
-        .publish(&message("orders.*", b"x"))
-        .await
-        .unwrap()
-        .unwrap_err();
+    let err = setup.caller.publish_error(&message("orders.*", b"x")).await;
 
     assert!(
         err.contains("\"orders.*\"") && err.contains("wildcard"),
@@ -103,12 +96,7 @@ async fn publish_while_the_server_is_down_fails_after_the_publish_timeout() {
     data.stop();
     tokio::time::sleep(Duration::from_millis(200)).await;
 
-    let err = setup
-        .caller
-        .publish(&message("lost", b"x"))
-        .await
-        .unwrap()
-        .unwrap_err();
+    let err = setup.caller.publish_error(&message("lost", b"x")).await;
 
     assert!(err.contains("not confirmed"), "{err}");
     assert!(err.contains("within 300 ms"), "{err}");
@@ -123,10 +111,8 @@ async fn unlinked_component_is_refused() {
     let err = component
         .caller(&provider)
         .await
-        .publish(&message("anything", b"x"))
-        .await
-        .unwrap()
-        .unwrap_err();
+        .publish_error(&message("anything", b"x"))
+        .await;
 
     assert!(err.contains("\"stranger\""), "{err}");
     assert!(
@@ -140,12 +126,7 @@ async fn caller_without_source_id_is_refused() {
     let mut setup = ConsumerSetup::new(&[]).await;
 
     setup.caller.source_id = None;
-    let err = setup
-        .caller
-        .publish(&message("anything", b"x"))
-        .await
-        .unwrap()
-        .unwrap_err();
+    let err = setup.caller.publish_error(&message("anything", b"x")).await;
 
     assert!(err.contains("no source component"), "{err}");
 }

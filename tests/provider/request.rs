@@ -57,12 +57,7 @@ async fn request_without_a_reply_times_out_naming_the_wait() {
     let setup = ConsumerSetup::new(&[]).await;
     let _silent = setup.subscribe("svc.silent").await;
 
-    let err = setup
-        .caller
-        .request("svc.silent", b"ping", 300)
-        .await
-        .unwrap()
-        .unwrap_err();
+    let err = setup.caller.request_error("svc.silent", b"ping", 300).await;
 
     assert!(
         err.contains("no reply") && err.contains("within 300 ms"),
@@ -75,12 +70,7 @@ async fn request_with_zero_timeout_uses_the_configured_default() {
     let setup = ConsumerSetup::new(&[("request_timeout_ms", "250")]).await;
     let _silent = setup.subscribe("svc.silent").await;
 
-    let err = setup
-        .caller
-        .request("svc.silent", b"ping", 0)
-        .await
-        .unwrap()
-        .unwrap_err();
+    let err = setup.caller.request_error("svc.silent", b"ping", 0).await;
 
     assert!(err.contains("within 250 ms"), "{err}");
 }
@@ -91,10 +81,8 @@ async fn request_with_no_responders_fails_saying_so() {
 
     let err = setup
         .caller
-        .request("svc.nobody", b"ping", 5000)
-        .await
-        .unwrap()
-        .unwrap_err();
+        .request_error("svc.nobody", b"ping", 5000)
+        .await;
 
     assert!(
         err.contains("no responders") && err.contains("svc.nobody"),
@@ -110,12 +98,7 @@ async fn request_timeout_above_the_maximum_is_refused() {
     ])
     .await;
 
-    let err = setup
-        .caller
-        .request("svc.echo", b"ping", 5000)
-        .await
-        .unwrap()
-        .unwrap_err();
+    let err = setup.caller.request_error("svc.echo", b"ping", 5000).await;
 
     assert!(
         err.contains("timeout-ms 5000") && err.contains("max_request_timeout_ms"),
@@ -130,12 +113,7 @@ async fn request_while_the_server_is_down_fails_saying_the_connection_is_down() 
     data.stop();
     tokio::time::sleep(Duration::from_millis(200)).await;
 
-    let err = setup
-        .caller
-        .request("svc.echo", b"ping", 300)
-        .await
-        .unwrap()
-        .unwrap_err();
+    let err = setup.caller.request_error("svc.echo", b"ping", 300).await;
 
     assert!(
         err.contains("NATS connection") && err.contains("disconnected"),

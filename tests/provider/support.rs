@@ -767,6 +767,26 @@ impl Caller {
             .context("publish call timed out")?
     }
 
+    /// Publishes `msg` and returns the provider's error; panics on success.
+    pub async fn publish_error(&self, msg: &BrokerMessage) -> String {
+        match self.publish(msg).await.expect("publish call") {
+            Ok(()) => panic!("publish to {:?} succeeded", msg.subject),
+            Err(err) => err,
+        }
+    }
+
+    /// Sends a request and returns the provider's error; panics on success.
+    pub async fn request_error(&self, subject: &str, body: &[u8], timeout_ms: u32) -> String {
+        match self
+            .request(subject, body, timeout_ms)
+            .await
+            .expect("request call")
+        {
+            Ok(reply) => panic!("request to {subject:?} was answered: {reply:?}"),
+            Err(err) => err,
+        }
+    }
+
     pub async fn request(
         &self,
         subject: &str,
