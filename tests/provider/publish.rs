@@ -38,16 +38,21 @@ async fn publish_carries_the_invocation_trace_context() {
     assert_eq!(header.map(|v| v.as_str()), Some(traceparent));
 }
 
-/// A set-up whose server accepts messages of at most 64 KiB.
-async fn small_payload_setup() -> ConsumerSetup {
-    let lattice = Lattice::on(NatsServer::with_config("max_payload: 65536")).await;
-    ConsumerSetup::on(lattice, &[]).await
+/// A consumer link to a server that accepts messages of at most 64 KiB.
+/// The lattice keeps the default limit, so that the wRPC call carrying the
+/// body is one NATS message and only the link's limit is under test.
+async fn small_payload_setup() -> (ConsumerSetup, NatsServer) {
+    let data = NatsServer::with_config("max_payload: 65536");
+    let setup = ConsumerSetup::new(&[("cluster_uris", &data.url())]).await;
+    (setup, data)
 }
 
 #[tokio::test]
 async fn payload_of_exactly_max_payload_is_published() {
-    let setup = small_payload_setup().await;
-    let mut sub = setup.subscribe("big").await;
+    let (setup, data) = small_payload_setup().await;
+    let client = data.client().await;
+    let mut sub = client.subscribe("big").await.unwrap();
+    client.flush().await.unwrap();
 
     let result = setup
         .caller
@@ -61,7 +66,7 @@ async fn payload_of_exactly_max_payload_is_published() {
 
 #[tokio::test]
 async fn payload_one_byte_over_max_payload_is_refused_naming_the_limit() {
-    let setup = small_payload_setup().await;
+    let (setup, _data) = small_payload_setup().await;
 
     let err = setup
         .caller
