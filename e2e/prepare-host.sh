@@ -6,11 +6,13 @@
 # e2e/.cargo/config.toml. Safe to run again: it redoes nothing already done.
 # Run cargo for the e2e crate from inside e2e/ so that cargo reads the patch
 # (cargo looks for .cargo/config.toml from the current folder up).
+# WASMCLOUD_HOST_PATCH_DIR puts the copy elsewhere: CI keeps it beside its
+# build cache, so that a fresh clone does not rebuild the host crate.
 set -euo pipefail
 
 e2e_dir="$(cd "$(dirname "${BASH_SOURCE[0]}")" && pwd)"
 host_version="0.27.1"
-vendor_dir="$e2e_dir/.vendor/wasmcloud-host"
+vendor_dir="${WASMCLOUD_HOST_PATCH_DIR:-$e2e_dir/.vendor/wasmcloud-host}"
 marker='#![recursion_limit = "512"]'
 config_dir="$e2e_dir/.cargo"
 config_file="$config_dir/config.toml"
