@@ -6,10 +6,10 @@ use std::str::FromStr;
 use std::sync::Arc;
 
 use anyhow::{anyhow, Context as _};
-use bytes::Bytes;
 use async_nats::client::RequestErrorKind;
 use async_nats::connection::State;
 use async_nats::{ConnectOptions, Event, ServerAddr};
+use bytes::Bytes;
 use tokio::sync::Mutex;
 use tracing::{debug, error, info, warn};
 

@@ -3,7 +3,7 @@
 
 use std::collections::HashMap;
 use std::fmt;
-use std::sync::{Arc, RwLock};
+use std::sync::{Arc, PoisonError, RwLock, RwLockReadGuard, RwLockWriteGuard};
 
 use anyhow::{anyhow, bail, Context as _};
 use bytes::Bytes;
@@ -73,36 +73,27 @@ impl MessagingProvider {
         info!("all links stopped");
     }
 
+    // The std locks below are never held across an await or a panic-prone
+    // call; a poisoned one still holds consistent data, so it is used as is.
+
     fn defaults(&self) -> ProviderDefaults {
-        match self.state.defaults.read() {
-            Ok(defaults) => defaults.clone(),
-            Err(poisoned) => poisoned.into_inner().clone(),
-        }
+        let defaults = self.state.defaults.read();
+        defaults.unwrap_or_else(PoisonError::into_inner).clone()
     }
 
     fn set_defaults(&self, defaults: ProviderDefaults) {
-        match self.state.defaults.write() {
-            Ok(mut current) => *current = defaults,
-            Err(poisoned) => *poisoned.into_inner() = defaults,
-        }
+        let current = self.state.defaults.write();
+        *current.unwrap_or_else(PoisonError::into_inner) = defaults;
     }
 
-    fn read_consumers(
-        &self,
-    ) -> std::sync::RwLockReadGuard<'_, HashMap<LinkKey, Arc<ConsumerLink>>> {
-        self.state
-            .consumers
-            .read()
-            .unwrap_or_else(std::sync::PoisonError::into_inner)
+    fn read_consumers(&self) -> RwLockReadGuard<'_, HashMap<LinkKey, Arc<ConsumerLink>>> {
+        let consumers = self.state.consumers.read();
+        consumers.unwrap_or_else(PoisonError::into_inner)
     }
 
-    fn write_consumers(
-        &self,
-    ) -> std::sync::RwLockWriteGuard<'_, HashMap<LinkKey, Arc<ConsumerLink>>> {
-        self.state
-            .consumers
-            .write()
-            .unwrap_or_else(std::sync::PoisonError::into_inner)
+    fn write_consumers(&self) -> RwLockWriteGuard<'_, HashMap<LinkKey, Arc<ConsumerLink>>> {
+        let consumers = self.state.consumers.write();
+        consumers.unwrap_or_else(PoisonError::into_inner)
     }
 
     /// Parses a link's settings, naming the link in the error.
