@@ -9,6 +9,8 @@
 # WASMCLOUD_HOST_PATCH_DIR puts the copy elsewhere: CI keeps it beside its
 # build cache, so that a fresh clone does not rebuild the host crate.
 set -euo pipefail
+# Say which command failed: `set -e` alone ends the script without a word.
+trap 'echo "$(basename "$0"): failed (exit $?) at line $LINENO: $BASH_COMMAND" >&2' ERR
 
 e2e_dir="$(cd "$(dirname "${BASH_SOURCE[0]}")" && pwd)"
 host_version="0.27.1"
@@ -21,8 +23,12 @@ if [[ -f "$vendor_dir/src/lib.rs" ]] && [[ "$(head -n 1 "$vendor_dir/src/lib.rs"
     echo "prepare-host: patched wasmcloud-host $host_version already at $vendor_dir"
 else
     cargo_home="${CARGO_HOME:-$HOME/.cargo}"
+    # Prints the unpacked crate's folder, or nothing. An empty cargo home
+    # has no registry/src yet: that is "not found", not a failure.
     find_source() {
-        find "$cargo_home/registry/src" -maxdepth 2 -type d -name "wasmcloud-host-$host_version" 2>/dev/null | head -n 1
+        local src="$cargo_home/registry/src"
+        [[ -d "$src" ]] || return 0
+        find "$src" -maxdepth 2 -type d -name "wasmcloud-host-$host_version" | head -n 1
     }
     source_dir="$(find_source)"
     if [[ -z "$source_dir" ]]; then
