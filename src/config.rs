@@ -8,7 +8,7 @@
 
 use std::collections::{HashMap, HashSet};
 use std::fmt;
-use std::path::PathBuf;
+use std::path::{Path, PathBuf};
 use std::str::FromStr;
 use std::sync::{Mutex, OnceLock};
 use std::time::Duration;
@@ -16,7 +16,7 @@ use std::time::Duration;
 use tracing::warn;
 use wasmcloud_provider_sdk::core::secrets::SecretValue;
 
-use crate::subject;
+use crate::subject::{self, SubjectPattern};
 
 /// Server used when neither the link nor the provider names one.
 pub const DEFAULT_CLUSTER_URI: &str = "nats://127.0.0.1:4222";
@@ -37,12 +37,21 @@ pub const USERNAME: &str = "username";
 pub const PASSWORD: &str = "password";
 /// Token auth.
 pub const TOKEN: &str = "token";
-/// Path of a `.creds` file (JWT and seed in one file).
+/// Path of a `.creds` file (JWT and seed in one file), read again at every
+/// (re)connect so that a rotated file is picked up without re-linking.
 pub const CREDENTIALS_FILE: &str = "credentials_file";
 /// PEM text of the CA that signs the server certificate.
 pub const TLS_CA: &str = "tls_ca";
 /// Path of a PEM file holding the CA that signs the server certificate.
 pub const TLS_CA_FILE: &str = "tls_ca_file";
+/// PEM text of the client certificate (chain) for servers that verify clients.
+pub const TLS_CERT: &str = "tls_cert";
+/// Path of a PEM file holding the client certificate (chain).
+pub const TLS_CERT_FILE: &str = "tls_cert_file";
+/// PEM text of the client certificate's private key.
+pub const TLS_KEY: &str = "tls_key";
+/// Path of a PEM file holding the client certificate's private key.
+pub const TLS_KEY_FILE: &str = "tls_key_file";
 /// Prefix for request inboxes instead of `_INBOX`.
 pub const CUSTOM_INBOX_PREFIX: &str = "custom_inbox_prefix";
 /// Seconds between client pings to the server.
@@ -61,34 +70,101 @@ pub const REQUEST_TIMEOUT_MS: &str = "request_timeout_ms";
 pub const MAX_REQUEST_TIMEOUT_MS: &str = "max_request_timeout_ms";
 /// How long a new link waits for the server to confirm its connection.
 pub const CONNECT_TIMEOUT_MS: &str = "connect_timeout_ms";
+/// Subject patterns a consumer link may send to (publish, request and
+/// reply-to subjects); unset means every subject not denied.
+pub const PUBLISH_ALLOW: &str = "publish_allow";
+/// Subject patterns a consumer link may not send to; replaces
+/// [`DEFAULT_PUBLISH_DENY`] when set (an empty value denies nothing).
+pub const PUBLISH_DENY: &str = "publish_deny";
 
-/// Every key the provider accepts, in provider config and in link config.
-pub const KNOWN_KEYS: &[&str] = &[
-    SUBSCRIPTIONS,
-    CLUSTER_URIS,
-    CLIENT_JWT,
-    CLIENT_SEED,
-    NKEY_SEED,
-    USERNAME,
-    PASSWORD,
-    TOKEN,
-    CREDENTIALS_FILE,
-    TLS_CA,
-    TLS_CA_FILE,
-    CUSTOM_INBOX_PREFIX,
-    PING_INTERVAL_SEC,
-    MAX_IN_FLIGHT,
-    HANDLER_TIMEOUT_MS,
-    DRAIN_TIMEOUT_MS,
-    PUBLISH_TIMEOUT_MS,
-    REQUEST_TIMEOUT_MS,
-    MAX_REQUEST_TIMEOUT_MS,
-    CONNECT_TIMEOUT_MS,
+/// What a consumer link may not send to unless its `publish_deny` says
+/// otherwise: the lattice's control plane (`wasmbus.>`), wRPC invocations of
+/// other components and providers (`{lattice}.{target}.wrpc.>`), the
+/// server's system account, and the JetStream, KV and object store APIs
+/// where the host keeps its lattice data and config.
+pub const DEFAULT_PUBLISH_DENY: &str = "wasmbus.>,*.*.wrpc.>,$SYS.>,$JS.API.>,$KV.>,$O.>";
+
+/// How a key's value is treated when it is read and when it is shown.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum Kind {
+    /// An ordinary value: read from config, shown in errors.
+    Plain,
+    /// A credential: read from secrets before config, never shown.
+    Secret,
+    /// Server URLs, which may carry `user:password@`: read from secrets
+    /// before config, shown with the user info removed.
+    Urls,
+    /// PEM text that is not a secret but too long to be useful in a message.
+    Pem,
+}
+
+/// Every key the provider accepts, in provider config and in link config
+/// (and, for credential keys, in secrets). A new key is added here.
+const KEYS: &[(&str, Kind)] = &[
+    (SUBSCRIPTIONS, Kind::Plain),
+    (CLUSTER_URIS, Kind::Urls),
+    (CLIENT_JWT, Kind::Secret),
+    (CLIENT_SEED, Kind::Secret),
+    (NKEY_SEED, Kind::Secret),
+    (USERNAME, Kind::Secret),
+    (PASSWORD, Kind::Secret),
+    (TOKEN, Kind::Secret),
+    (CREDENTIALS_FILE, Kind::Plain),
+    (TLS_CA, Kind::Pem),
+    (TLS_CA_FILE, Kind::Plain),
+    (TLS_CERT, Kind::Pem),
+    (TLS_CERT_FILE, Kind::Plain),
+    (TLS_KEY, Kind::Secret),
+    (TLS_KEY_FILE, Kind::Plain),
+    (CUSTOM_INBOX_PREFIX, Kind::Plain),
+    (PING_INTERVAL_SEC, Kind::Plain),
+    (MAX_IN_FLIGHT, Kind::Plain),
+    (HANDLER_TIMEOUT_MS, Kind::Plain),
+    (DRAIN_TIMEOUT_MS, Kind::Plain),
+    (PUBLISH_TIMEOUT_MS, Kind::Plain),
+    (REQUEST_TIMEOUT_MS, Kind::Plain),
+    (MAX_REQUEST_TIMEOUT_MS, Kind::Plain),
+    (CONNECT_TIMEOUT_MS, Kind::Plain),
+    (PUBLISH_ALLOW, Kind::Plain),
+    (PUBLISH_DENY, Kind::Plain),
 ];
 
-/// Keys whose values are credentials: read from secrets before config, and
-/// never printed.
-pub const SECRET_KEYS: &[&str] = &[CLIENT_JWT, CLIENT_SEED, NKEY_SEED, PASSWORD, TOKEN];
+/// Every key the provider accepts.
+pub fn known_keys() -> impl Iterator<Item = &'static str> {
+    KEYS.iter().map(|(key, _)| *key)
+}
+
+fn kind(key: &str) -> Option<Kind> {
+    KEYS.iter().find(|(name, _)| *name == key).map(|(_, kind)| *kind)
+}
+
+/// True for keys whose values are credentials, never shown anywhere.
+pub fn is_secret(key: &str) -> bool {
+    kind(key) == Some(Kind::Secret)
+}
+
+/// The one rule for showing a config value in an error, a log line or
+/// Debug output: credentials are never shown, URLs lose their user info,
+/// PEM text is named rather than printed; `None` means "do not show".
+pub fn shown_value(key: &str, value: &str) -> Option<String> {
+    match kind(key) {
+        Some(Kind::Secret) => None,
+        Some(Kind::Pem) => Some("<PEM text>".to_string()),
+        Some(Kind::Urls) => Some(
+            value
+                .split(',')
+                .map(|url| redact_url(url.trim()))
+                .collect::<Vec<_>>()
+                .join(","),
+        ),
+        Some(Kind::Plain) | None => Some(value.to_string()),
+    }
+}
+
+/// Largest file the provider reads for a config key (CA, certificate, key,
+/// credentials): real ones are a few KiB, and a bound keeps a path such as
+/// `/dev/zero` or a huge file from exhausting memory.
+pub const MAX_CONFIG_FILE_BYTES: u64 = 1024 * 1024;
 
 /// Upper bound of `max_in_flight`: each delivery holds a task and a wRPC
 /// exchange, and beyond this the lattice, not the provider, is the limit.
@@ -106,8 +182,8 @@ const DEFAULT_MAX_REQUEST_TIMEOUT: Duration = Duration::from_secs(60);
 /// unreachable server must not hold the others up for long.
 const DEFAULT_CONNECT_TIMEOUT: Duration = Duration::from_secs(2);
 
-/// A rejected configuration value, naming the key and (unless it is a
-/// secret) the value.
+/// A rejected configuration value, naming the key and (where
+/// [`shown_value`] allows) the value.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct ConfigError {
     key: String,
@@ -116,11 +192,20 @@ pub struct ConfigError {
 }
 
 impl ConfigError {
+    /// A value of `key` that is wrong; shown only as [`shown_value`] allows.
     fn new(key: &str, value: &str, reason: impl Into<String>) -> Self {
-        let shown = (!SECRET_KEYS.contains(&key)).then(|| value.to_string());
         Self {
             key: key.to_string(),
-            value: shown,
+            value: shown_value(key, value),
+            reason: reason.into(),
+        }
+    }
+
+    /// A problem with `key` as a whole (missing, conflicting), no value shown.
+    fn about(key: &str, reason: impl Into<String>) -> Self {
+        Self {
+            key: key.to_string(),
+            value: None,
             reason: reason.into(),
         }
     }
@@ -139,11 +224,7 @@ impl fmt::Display for ConfigError {
                 "config key '{}' has invalid value {value:?}: {}",
                 self.key, self.reason
             ),
-            None => write!(
-                f,
-                "config key '{}' (value hidden, it is a credential): {}",
-                self.key, self.reason
-            ),
+            None => write!(f, "config key '{}': {}", self.key, self.reason),
         }
     }
 }
@@ -182,8 +263,9 @@ impl ProviderDefaults {
     }
 }
 
-/// Lays config, then the credential keys among secrets, over `values`, with
-/// keys folded to lower case.
+/// Lays config, then the keys among secrets that may come from secrets
+/// (credentials and server URLs), over `values`, with keys folded to lower
+/// case.
 fn overlay(
     values: &mut HashMap<String, String>,
     config: &HashMap<String, String>,
@@ -196,7 +278,7 @@ fn overlay(
     }
     for (key, value) in secrets {
         let key = key.to_ascii_lowercase();
-        if !SECRET_KEYS.contains(&key.as_str()) {
+        if !matches!(kind(&key), Some(Kind::Secret | Kind::Urls)) {
             continue;
         }
         let text = match value {
@@ -216,7 +298,7 @@ fn overlay(
 /// `OTEL_*` keys belong to the SDK's observability set-up.
 fn warn_if_unknown(key: &str) {
     static WARNED: OnceLock<Mutex<HashSet<String>>> = OnceLock::new();
-    if KNOWN_KEYS.contains(&key) || key.starts_with("otel_") {
+    if kind(key).is_some() || key.starts_with("otel_") {
         return;
     }
     let warned = WARNED.get_or_init(Default::default);
@@ -244,7 +326,7 @@ impl LinkSettings {
             connection: ConnectionSettings {
                 servers: parse_servers(get(CLUSTER_URIS))?,
                 auth: parse_auth(&get)?,
-                tls_ca: parse_tls_ca(get(TLS_CA), get(TLS_CA_FILE))?,
+                tls: parse_tls(&get)?,
                 custom_inbox_prefix: get(CUSTOM_INBOX_PREFIX)
                     .map(|prefix| parse_inbox_prefix(prefix.trim()))
                     .transpose()?,
@@ -274,8 +356,7 @@ pub struct ConnectionSettings {
     /// Validated server URLs, as written.
     pub servers: Vec<String>,
     pub auth: Auth,
-    /// PEM text of the CA, from `tls_ca` or read from `tls_ca_file`.
-    pub tls_ca: Option<String>,
+    pub tls: TlsSettings,
     pub custom_inbox_prefix: Option<String>,
     pub ping_interval: Option<Duration>,
     pub connect_timeout: Duration,
@@ -297,7 +378,7 @@ impl fmt::Debug for ConnectionSettings {
         f.debug_struct("ConnectionSettings")
             .field("servers", &self.redacted_servers())
             .field("auth", &self.auth)
-            .field("tls_ca", &self.tls_ca.as_ref().map(|_| "<pem>"))
+            .field("tls", &self.tls)
             .field("custom_inbox_prefix", &self.custom_inbox_prefix)
             .field("ping_interval", &self.ping_interval)
             .field("connect_timeout", &self.connect_timeout)
@@ -322,6 +403,7 @@ pub enum Auth {
         password: String,
     },
     Token(String),
+    /// Read at every (re)connect, so that a rotated file takes effect.
     CredentialsFile(PathBuf),
 }
 
@@ -336,6 +418,31 @@ impl fmt::Debug for Auth {
             Auth::CredentialsFile(_) => "credentials file",
         };
         f.write_str(method)
+    }
+}
+
+/// TLS to the server. `Debug` says what is set, never the key.
+#[derive(Clone, Default, PartialEq, Eq, Hash)]
+pub struct TlsSettings {
+    /// PEM text of the CA, from `tls_ca` or read from `tls_ca_file`.
+    pub ca: Option<String>,
+    /// Client certificate chain and private key, both PEM text.
+    pub client: Option<(String, String)>,
+}
+
+impl TlsSettings {
+    /// True when the connection must use TLS.
+    pub fn required(&self) -> bool {
+        self.ca.is_some() || self.client.is_some()
+    }
+}
+
+impl fmt::Debug for TlsSettings {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_struct("TlsSettings")
+            .field("ca", &self.ca.is_some())
+            .field("client_certificate", &self.client.is_some())
+            .finish()
     }
 }
 
@@ -370,6 +477,36 @@ pub struct ConsumerSettings {
     pub publish_timeout: Duration,
     pub default_request_timeout: Duration,
     pub max_request_timeout: Duration,
+    pub access: SubjectAccess,
+}
+
+/// Which subjects a consumer link may send to, as NATS publish permissions
+/// put it: allowed if `allow` is unset or a pattern in it matches, and no
+/// pattern in `deny` matches (deny wins).
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct SubjectAccess {
+    allow: Option<Vec<SubjectPattern>>,
+    deny: Vec<SubjectPattern>,
+}
+
+impl SubjectAccess {
+    /// `Err` names the key and the pattern that refuses `subject`.
+    pub fn check(&self, subject: &str) -> Result<(), String> {
+        if let Some(pattern) = self.deny.iter().find(|p| p.matches(subject)) {
+            return Err(format!("denied by {PUBLISH_DENY} pattern {pattern:?}"));
+        }
+        match &self.allow {
+            Some(allow) if !allow.iter().any(|p| p.matches(subject)) => Err(format!(
+                "not matched by any {PUBLISH_ALLOW} pattern ({})",
+                allow
+                    .iter()
+                    .map(ToString::to_string)
+                    .collect::<Vec<_>>()
+                    .join(",")
+            )),
+            _ => Ok(()),
+        }
+    }
 }
 
 fn parse_consumer<'a>(
@@ -379,6 +516,12 @@ fn parse_consumer<'a>(
         publish_timeout: duration_ms(get, PUBLISH_TIMEOUT_MS, DEFAULT_PUBLISH_TIMEOUT)?,
         default_request_timeout: duration_ms(get, REQUEST_TIMEOUT_MS, DEFAULT_REQUEST_TIMEOUT)?,
         max_request_timeout: duration_ms(get, MAX_REQUEST_TIMEOUT_MS, DEFAULT_MAX_REQUEST_TIMEOUT)?,
+        access: SubjectAccess {
+            allow: get(PUBLISH_ALLOW)
+                .map(|value| parse_patterns(PUBLISH_ALLOW, value))
+                .transpose()?,
+            deny: parse_patterns(PUBLISH_DENY, get(PUBLISH_DENY).unwrap_or(DEFAULT_PUBLISH_DENY))?,
+        },
     };
     if settings.default_request_timeout > settings.max_request_timeout {
         return Err(ConfigError::new(
@@ -393,24 +536,44 @@ fn parse_consumer<'a>(
     Ok(settings)
 }
 
+/// A comma-separated list of subject patterns; empty entries are skipped,
+/// so an empty value is an empty list.
+fn parse_patterns(key: &str, value: &str) -> Result<Vec<SubjectPattern>, ConfigError> {
+    value
+        .split(',')
+        .map(str::trim)
+        .filter(|entry| !entry.is_empty())
+        .map(|entry| {
+            SubjectPattern::parse(entry)
+                .map_err(|reason| ConfigError::new(key, value, format!("{entry:?}: {reason}")))
+        })
+        .collect()
+}
+
 fn parse_servers(value: Option<&str>) -> Result<Vec<String>, ConfigError> {
     let Some(value) = value else {
         return Ok(vec![DEFAULT_CLUSTER_URI.to_string()]);
     };
     let mut servers = Vec::new();
-    for entry in value.split(',').map(str::trim) {
+    for (index, entry) in value.split(',').map(str::trim).enumerate() {
+        let position = index + 1;
         if entry.is_empty() {
-            return Err(ConfigError::new(
+            return Err(ConfigError::about(
                 CLUSTER_URIS,
-                value,
-                "empty entry in the comma-separated list",
+                format!("entry {position} of the comma-separated list is empty"),
             ));
         }
+        // An unparseable URL cannot be redacted: one that may hold user
+        // info (an '@') is named by its position only.
         async_nats::ServerAddr::from_str(entry).map_err(|err| {
-            ConfigError::new(
+            let named = if entry.contains('@') {
+                format!("entry {position}")
+            } else {
+                format!("entry {position} ({entry:?})")
+            };
+            ConfigError::about(
                 CLUSTER_URIS,
-                &redact_url(entry),
-                format!("not a NATS server URL: {err}"),
+                format!("{named} is not a NATS server URL: {err}"),
             )
         })?;
         servers.push(entry.to_string());
@@ -428,36 +591,33 @@ fn parse_auth<'a>(get: &impl Fn(&str) -> Option<&'a str>) -> Result<Auth, Config
     let token = present(TOKEN);
     let creds = present(CREDENTIALS_FILE);
 
-    let methods: Vec<&str> = [
+    let methods: Vec<(&str, &str)> = [
         (
             jwt.is_some() || client_seed.is_some(),
-            "client_jwt/client_seed",
+            (CLIENT_JWT, "client_jwt/client_seed"),
         ),
-        (nkey_seed.is_some(), NKEY_SEED),
-        (user.is_some() || password.is_some(), "username/password"),
-        (token.is_some(), TOKEN),
-        (creds.is_some(), CREDENTIALS_FILE),
+        (nkey_seed.is_some(), (NKEY_SEED, NKEY_SEED)),
+        (
+            user.is_some() || password.is_some(),
+            (USERNAME, "username/password"),
+        ),
+        (token.is_some(), (TOKEN, TOKEN)),
+        (creds.is_some(), (CREDENTIALS_FILE, CREDENTIALS_FILE)),
     ]
     .into_iter()
-    .filter_map(|(set, name)| set.then_some(name))
+    .filter_map(|(set, names)| set.then_some(names))
     .collect();
-    if let [first, second, ..] = methods.as_slice() {
-        let key = match *first {
-            "client_jwt/client_seed" => CLIENT_JWT,
-            "username/password" => USERNAME,
-            other => other,
-        };
-        return Err(ConfigError {
-            key: key.to_string(),
-            value: None,
-            reason: format!("choose one authentication method, found both {first} and {second}"),
-        });
+    if let [(key, first), (_, second), ..] = methods.as_slice() {
+        return Err(ConfigError::about(
+            key,
+            format!("choose one authentication method, found both {first} and {second}"),
+        ));
     }
 
     let check_seed = |key: &str, seed: &str| {
         nkeys::KeyPair::from_seed(seed)
             .map(|_| ())
-            .map_err(|_| ConfigError::new(key, seed, "not a valid nkey seed"))
+            .map_err(|_| ConfigError::about(key, "not a valid nkey seed"))
     };
     Ok(
         match (jwt, client_seed, nkey_seed, user, password, token, creds) {
@@ -468,17 +628,15 @@ fn parse_auth<'a>(get: &impl Fn(&str) -> Option<&'a str>) -> Result<Auth, Config
                     seed: seed.to_string(),
                 }
             }
-            (Some(jwt), None, ..) => {
-                return Err(ConfigError::new(
+            (Some(_), None, ..) => {
+                return Err(ConfigError::about(
                     CLIENT_SEED,
-                    jwt,
                     "is required with client_jwt",
                 ))
             }
-            (None, Some(seed), ..) => {
-                return Err(ConfigError::new(
+            (None, Some(_), ..) => {
+                return Err(ConfigError::about(
                     CLIENT_JWT,
-                    seed,
                     "is required with client_seed",
                 ))
             }
@@ -492,56 +650,145 @@ fn parse_auth<'a>(get: &impl Fn(&str) -> Option<&'a str>) -> Result<Auth, Config
                 user: user.to_string(),
                 password: password.to_string(),
             },
-            (_, _, _, Some(user), None, ..) => {
-                return Err(ConfigError::new(
-                    PASSWORD,
-                    user,
-                    "is required with username",
-                ))
+            (_, _, _, Some(_), None, ..) => {
+                return Err(ConfigError::about(PASSWORD, "is required with username"))
             }
-            (_, _, _, None, Some(password), ..) => {
-                return Err(ConfigError::new(
-                    USERNAME,
-                    password,
-                    "is required with password",
-                ))
+            (_, _, _, None, Some(_), ..) => {
+                return Err(ConfigError::about(USERNAME, "is required with password"))
             }
             (_, _, _, _, _, Some(token), _) => Auth::Token(token.to_string()),
-            (.., Some(path)) => Auth::CredentialsFile(PathBuf::from(path)),
+            (.., Some(path)) => {
+                // Checked now so that a missing or broken file rejects the
+                // link with a clear error; read again at every connect.
+                read_credentials(Path::new(path))
+                    .map_err(|reason| ConfigError::new(CREDENTIALS_FILE, path, reason))?;
+                Auth::CredentialsFile(PathBuf::from(path))
+            }
             _ => Auth::None,
         },
     )
 }
 
-fn parse_tls_ca(text: Option<&str>, file: Option<&str>) -> Result<Option<String>, ConfigError> {
-    let (key, value, pem) = match (text, file) {
-        (Some(_), Some(file)) => {
-            return Err(ConfigError::new(
-                TLS_CA_FILE,
-                file,
-                "set either tls_ca or tls_ca_file, not both",
-            ))
-        }
-        (Some(text), None) => (TLS_CA, "<pem>", text.to_string()),
-        (None, Some(path)) => {
-            let pem = std::fs::read_to_string(path).map_err(|err| {
-                ConfigError::new(TLS_CA_FILE, path, format!("cannot read: {err}"))
-            })?;
-            (TLS_CA_FILE, path, pem)
-        }
-        (None, None) => return Ok(None),
+/// A user JWT and seed, as a `.creds` file holds them.
+pub struct Credentials {
+    pub jwt: String,
+    pub seed: String,
+}
+
+/// Reads and parses a `.creds` file (bounded). The error names what is
+/// wrong, never the content.
+pub fn read_credentials(path: &Path) -> Result<Credentials, String> {
+    let text = read_bounded(path)?;
+    // A creds file holds two armoured blocks: the user JWT, then the seed.
+    // Each block's body is the first non-empty line after its opening line.
+    let block = |opening: &str| {
+        let mut lines = text.lines().map(str::trim);
+        lines.find(|line| line.starts_with("-----BEGIN") && line.contains(opening))?;
+        lines.find(|line| !line.is_empty()).map(str::to_string)
     };
-    let certs = rustls_pemfile::certs(&mut pem.as_bytes())
-        .collect::<Result<Vec<_>, _>>()
-        .map_err(|err| ConfigError::new(key, value, format!("not valid PEM: {err}")))?;
-    if certs.is_empty() {
-        return Err(ConfigError::new(
-            key,
-            value,
-            "holds no PEM certificate (expected -----BEGIN CERTIFICATE-----)",
+    let jwt = block("USER JWT").ok_or("holds no user JWT block")?;
+    let seed = block("NKEY SEED").ok_or("holds no nkey seed block")?;
+    nkeys::KeyPair::from_seed(&seed).map_err(|_| "its nkey seed is not valid")?;
+    Ok(Credentials { jwt, seed })
+}
+
+/// Reads a file named in config: a regular file (not a device or pipe,
+/// which could block or never end) of at most [`MAX_CONFIG_FILE_BYTES`].
+pub fn read_bounded(path: &Path) -> Result<String, String> {
+    use std::io::Read as _;
+    let metadata = std::fs::metadata(path).map_err(|err| format!("cannot read: {err}"))?;
+    if !metadata.is_file() {
+        return Err("is not a regular file".into());
+    }
+    let file = std::fs::File::open(path).map_err(|err| format!("cannot read: {err}"))?;
+    let mut bytes = Vec::new();
+    file.take(MAX_CONFIG_FILE_BYTES + 1)
+        .read_to_end(&mut bytes)
+        .map_err(|err| format!("cannot read: {err}"))?;
+    if bytes.len() as u64 > MAX_CONFIG_FILE_BYTES {
+        return Err(format!(
+            "is larger than the limit of {MAX_CONFIG_FILE_BYTES} bytes"
         ));
     }
-    Ok(Some(pem))
+    String::from_utf8(bytes).map_err(|_| "is not UTF-8 text".into())
+}
+
+/// PEM text from a key holding it or a key naming a file; not both.
+fn pem_from<'a>(
+    get: &impl Fn(&str) -> Option<&'a str>,
+    text_key: &'static str,
+    file_key: &'static str,
+) -> Result<Option<(&'static str, String)>, ConfigError> {
+    match (get(text_key), get(file_key)) {
+        (Some(_), Some(_)) => Err(ConfigError::about(
+            file_key,
+            format!("set either {text_key} or {file_key}, not both"),
+        )),
+        (Some(text), None) => Ok(Some((text_key, text.to_string()))),
+        (None, Some(path)) => read_bounded(Path::new(path))
+            .map(|pem| Some((file_key, pem)))
+            .map_err(|reason| ConfigError::new(file_key, path, reason)),
+        (None, None) => Ok(None),
+    }
+}
+
+fn parse_tls<'a>(get: &impl Fn(&str) -> Option<&'a str>) -> Result<TlsSettings, ConfigError> {
+    let ca = match pem_from(get, TLS_CA, TLS_CA_FILE)? {
+        Some((key, pem)) => {
+            let certs = rustls_pemfile::certs(&mut pem.as_bytes())
+                .collect::<Result<Vec<_>, _>>()
+                .map_err(|err| ConfigError::about(key, format!("not valid PEM: {err}")))?;
+            if certs.is_empty() {
+                return Err(ConfigError::about(
+                    key,
+                    "holds no PEM certificate (expected -----BEGIN CERTIFICATE-----)",
+                ));
+            }
+            Some(pem)
+        }
+        None => None,
+    };
+    let cert = pem_from(get, TLS_CERT, TLS_CERT_FILE)?;
+    let key = pem_from(get, TLS_KEY, TLS_KEY_FILE)?;
+    let client = match (cert, key) {
+        (Some((cert_key, cert)), Some((key_key, key))) => {
+            let certs = rustls_pemfile::certs(&mut cert.as_bytes())
+                .collect::<Result<Vec<_>, _>>()
+                .map_err(|err| ConfigError::about(cert_key, format!("not valid PEM: {err}")))?;
+            if certs.is_empty() {
+                return Err(ConfigError::about(
+                    cert_key,
+                    "holds no PEM certificate (expected -----BEGIN CERTIFICATE-----)",
+                ));
+            }
+            // The parser's error could quote key material: not passed on.
+            match rustls_pemfile::private_key(&mut key.as_bytes()) {
+                Ok(Some(_)) => {}
+                _ => {
+                    return Err(ConfigError::about(
+                        key_key,
+                        "holds no PEM private key (expected -----BEGIN PRIVATE KEY----- or \
+                         an RSA or EC key)",
+                    ))
+                }
+            }
+            Some((cert, key))
+        }
+        (Some((cert_key, _)), None) => {
+            return Err(ConfigError::about(
+                cert_key,
+                format!("needs the client certificate's key in {TLS_KEY} or {TLS_KEY_FILE}"),
+            ))
+        }
+        (None, Some((key_key, _))) => {
+            return Err(ConfigError::about(
+                key_key,
+                format!("needs the client certificate in {TLS_CERT} or {TLS_CERT_FILE}"),
+            ))
+        }
+        (None, None) => None,
+    };
+    Ok(TlsSettings { ca, client })
 }
 
 fn parse_inbox_prefix(prefix: &str) -> Result<String, ConfigError> {
@@ -635,19 +882,28 @@ fn parse_duration(
     }
 }
 
-/// Removes `user:password@` from a URL so that it can be logged.
+/// A server URL fit to show: user info (`user:password@`, a token, an nkey)
+/// replaced by `<redacted>@`. The URL is taken apart as a URL parser does
+/// (user info ends at the last `@` before the host), and one that does not
+/// parse is not shown at all.
 pub fn redact_url(url: &str) -> String {
-    let (scheme, rest) = match url.split_once("://") {
-        Some((scheme, rest)) => (Some(scheme), rest),
-        None => (None, url),
+    let parsed = if url.contains("://") {
+        url::Url::parse(url)
+    } else {
+        url::Url::parse(&format!("nats://{url}"))
     };
-    let rest = match rest.split_once('@') {
-        Some((_, host)) => format!("<redacted>@{host}"),
-        None => rest.to_string(),
+    let Ok(parsed) = parsed else {
+        return "<unparseable URL>".to_string();
     };
-    match scheme {
-        Some(scheme) => format!("{scheme}://{rest}"),
-        None => rest,
+    let user_info = if parsed.username().is_empty() && parsed.password().is_none() {
+        ""
+    } else {
+        "<redacted>@"
+    };
+    let host = parsed.host_str().unwrap_or_default();
+    match parsed.port() {
+        Some(port) => format!("{}://{user_info}{host}:{port}", parsed.scheme()),
+        None => format!("{}://{user_info}{host}", parsed.scheme()),
     }
 }
 
@@ -780,6 +1036,246 @@ mod tests {
     #[test]
     fn redact_url_hides_user_info() {
         assert_eq!(redact_url("nats://u:p@h:1"), "nats://<redacted>@h:1");
-        assert_eq!(redact_url("h:1"), "h:1");
+        assert_eq!(redact_url("h:1"), "nats://h:1");
+        assert_eq!(redact_url("tls://token@h"), "tls://<redacted>@h");
+    }
+
+    #[test]
+    fn redact_url_splits_user_info_at_the_last_at_sign() {
+        let shown = redact_url("nats://u:p@ss@h:4222");
+        assert_eq!(shown, "nats://<redacted>@h:4222");
+        assert!(!shown.contains("ss@"), "{shown}");
+    }
+
+    #[test]
+    fn username_and_password_both_come_from_secrets() {
+        let secrets: HashMap<String, SecretValue> = [
+            (USERNAME.to_string(), SecretValue::String("alice".into())),
+            (PASSWORD.to_string(), SecretValue::String("pw-1".into())),
+        ]
+        .into();
+        let s = ProviderDefaults::default()
+            .link_settings(&HashMap::new(), &secrets)
+            .expect("parses");
+        assert_eq!(
+            s.connection.auth,
+            Auth::UserPassword {
+                user: "alice".into(),
+                password: "pw-1".into()
+            }
+        );
+    }
+
+    #[test]
+    fn password_without_username_is_rejected_without_quoting_it() {
+        let err = settings(&[(PASSWORD, "pw-quoted-nowhere")]).expect_err("rejected");
+        assert_eq!(err.key(), USERNAME);
+        assert!(!format!("{err} {err:?}").contains("pw-quoted-nowhere"), "{err}");
+    }
+
+    #[test]
+    fn every_credential_error_hides_the_values() {
+        let cases: &[&[(&str, &str)]] = &[
+            &[(USERNAME, "user-value-1")],
+            &[(CLIENT_JWT, "jwt-value-1")],
+            &[(CLIENT_SEED, "seed-value-1")],
+            &[(NKEY_SEED, "seed-value-1")],
+            &[(TOKEN, "token-value-1"), (PASSWORD, "pw-value-1")],
+            &[(TLS_KEY, "key-value-1"), (TLS_CERT, "cert-value-1")],
+        ];
+        for pairs in cases {
+            let err = settings(pairs).expect_err("rejected");
+            let text = format!("{err} {err:?}");
+            for (_, value) in *pairs {
+                assert!(!text.contains(value), "{text}");
+            }
+        }
+    }
+
+    #[test]
+    fn trailing_comma_in_cluster_uris_does_not_print_the_list() {
+        let err =
+            settings(&[(CLUSTER_URIS, "nats://u:pw-in-url@h:4222,")]).expect_err("rejected");
+        assert_eq!(err.key(), CLUSTER_URIS);
+        assert!(!format!("{err} {err:?}").contains("pw-in-url"), "{err}");
+    }
+
+    #[test]
+    fn unparseable_cluster_uri_is_named_by_position_not_shown() {
+        let err = settings(&[(CLUSTER_URIS, "nats://h:1,nats://u:pw-x@h:notaport")])
+            .expect_err("rejected");
+        let text = err.to_string();
+        assert!(text.contains("entry 2"), "{text}");
+        assert!(!text.contains("pw-x"), "{text}");
+    }
+
+    #[test]
+    fn shown_value_is_the_one_rule_for_every_kind_of_key() {
+        assert_eq!(shown_value(PASSWORD, "x"), None);
+        assert_eq!(shown_value(TLS_KEY, "x"), None);
+        assert_eq!(shown_value(TLS_CA, "x").as_deref(), Some("<PEM text>"));
+        assert_eq!(
+            shown_value(CLUSTER_URIS, "nats://a:b@h:1, h:2").as_deref(),
+            Some("nats://<redacted>@h:1,nats://h:2")
+        );
+        assert_eq!(shown_value(MAX_IN_FLIGHT, "x").as_deref(), Some("x"));
+    }
+
+    #[test]
+    fn tls_ca_file_that_is_not_a_regular_file_is_refused_unread() {
+        let err = settings(&[(TLS_CA_FILE, "/dev/zero")]).expect_err("rejected");
+        assert_eq!(err.key(), TLS_CA_FILE);
+        assert!(err.to_string().contains("not a regular file"), "{err}");
+    }
+
+    #[test]
+    fn tls_ca_file_over_the_size_limit_is_refused() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("big.pem");
+        let file = std::fs::File::create(&path).unwrap();
+        file.set_len(MAX_CONFIG_FILE_BYTES + 1).unwrap();
+        let err = settings(&[(TLS_CA_FILE, path.to_str().unwrap())]).expect_err("rejected");
+        assert!(err.to_string().contains("larger than the limit"), "{err}");
+    }
+
+    #[test]
+    fn client_certificate_without_key_is_rejected_naming_the_missing_key() {
+        let err = settings(&[(TLS_CERT, "pem")]).expect_err("rejected");
+        assert_eq!(err.key(), TLS_CERT);
+        assert!(err.to_string().contains(TLS_KEY), "{err}");
+    }
+
+    #[test]
+    fn consumer_links_may_not_send_to_the_lattice_by_default() {
+        let access = settings(&[]).unwrap().consumer.access;
+        for subject in [
+            "wasmbus.ctl.v1.default.host.ping",
+            "wasmbus.rpc.default.p.health",
+            "default.echo.wrpc.0.0.1.wasmcloud:messaging/handler@0.2.0.handle-message",
+            "$SYS.REQ.SERVER.PING",
+            "$JS.API.STREAM.DELETE.x",
+            "$KV.CONFIGDATA_default.x",
+        ] {
+            let err = access.check(subject).expect_err(subject);
+            assert!(err.contains(PUBLISH_DENY), "{err}");
+        }
+        assert!(access.check("orders.created").is_ok());
+        assert!(access.check("_INBOX.abc.def").is_ok());
+    }
+
+    #[test]
+    fn a_link_opts_in_to_denied_subjects_by_replacing_publish_deny() {
+        let access = settings(&[(PUBLISH_DENY, "$SYS.>")]).unwrap().consumer.access;
+        assert!(access.check("wasmbus.ctl.x").is_ok());
+        assert!(access.check("$SYS.x").is_err());
+        let access = settings(&[(PUBLISH_DENY, "")]).unwrap().consumer.access;
+        assert!(access.check("$SYS.x").is_ok());
+    }
+
+    #[test]
+    fn publish_allow_limits_a_link_to_its_patterns() {
+        let access = settings(&[(PUBLISH_ALLOW, "orders.>, audit.*")])
+            .unwrap()
+            .consumer
+            .access;
+        assert!(access.check("orders.created.eu").is_ok());
+        assert!(access.check("audit.x").is_ok());
+        let err = access.check("billing.x").expect_err("not allowed");
+        assert!(err.contains(PUBLISH_ALLOW), "{err}");
+    }
+
+    #[test]
+    fn bad_subject_pattern_is_rejected_naming_the_key() {
+        let err = settings(&[(PUBLISH_ALLOW, "a.>.b")]).expect_err("rejected");
+        assert_eq!(err.key(), PUBLISH_ALLOW);
+    }
+
+    #[test]
+    fn credentials_file_is_checked_when_the_link_is_put() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("user.creds");
+        std::fs::write(&path, "no blocks here").unwrap();
+        let err = settings(&[(CREDENTIALS_FILE, path.to_str().unwrap())]).expect_err("bad");
+        assert_eq!(err.key(), CREDENTIALS_FILE);
+        assert!(err.to_string().contains("no user JWT"), "{err}");
+    }
+
+    mod properties {
+        use super::*;
+        use proptest::prelude::*;
+
+        /// Values marked so that any appearance in an error is found.
+        fn marked_secret() -> impl Strategy<Value = String> {
+            "[a-zA-Z0-9]{4,10}".prop_map(|tail| format!("S3CR3T{tail}"))
+        }
+
+        /// Any value: text, numbers, URLs with and without marked user info.
+        fn value() -> impl Strategy<Value = String> {
+            prop_oneof![
+                any::<String>(),
+                "[0-9]{1,9}",
+                "[a-z.*>|, ]{0,20}",
+                marked_secret(),
+                marked_secret().prop_map(|s| format!("nats://user:{s}@h:4222,")),
+                marked_secret().prop_map(|s| format!("nats://u:{s}@ss@h:4222")),
+                marked_secret().prop_map(|s| format!("{s}@h:x")),
+            ]
+        }
+
+        fn key() -> impl Strategy<Value = String> {
+            prop_oneof![
+                prop::sample::select(KEYS.iter().map(|(k, _)| k.to_string()).collect::<Vec<_>>()),
+                "[a-z_]{1,12}",
+            ]
+        }
+
+        proptest! {
+            #[test]
+            fn rejections_name_a_known_key_and_show_no_secret(
+                config in prop::collection::hash_map(key(), value(), 0..8),
+                secrets in prop::collection::hash_map(key(), value(), 0..4),
+            ) {
+                let secrets: HashMap<String, SecretValue> = secrets
+                    .into_iter()
+                    .map(|(k, v)| (k, SecretValue::String(v)))
+                    .collect();
+                let given: Vec<(String, String)> = config
+                    .iter()
+                    .map(|(k, v)| (k.clone(), v.clone()))
+                    .chain(secrets.iter().map(|(k, v)| match v {
+                        SecretValue::String(v) => (k.clone(), v.clone()),
+                        SecretValue::Bytes(_) => (k.clone(), String::new()),
+                    }))
+                    .collect();
+                if let Err(err) = ProviderDefaults::default().link_settings(&config, &secrets) {
+                    prop_assert!(kind(err.key()).is_some(), "unknown key in {err}");
+                    let text = format!("{err} {err:?}");
+                    for (key, value) in &given {
+                        match kind(&key.to_ascii_lowercase()) {
+                            // Marked values stand only in the user info of
+                            // these URLs.
+                            Some(Kind::Urls) if value.contains("S3CR3T") => {
+                                let start = value.find("S3CR3T").unwrap_or_default();
+                                let token: String = value[start..]
+                                    .chars()
+                                    .take_while(char::is_ascii_alphanumeric)
+                                    .collect();
+                                let shown_elsewhere = given
+                                    .iter()
+                                    .any(|(k, v)| k != key && v.contains(&token));
+                                prop_assert!(
+                                    shown_elsewhere || !text.contains(&token),
+                                    "URL user info shown: {text}"
+                                );
+                            }
+                            Some(Kind::Secret) if value.trim().len() >= 4 => {
+                                prop_assert!(!text.contains(value.trim()), "secret shown: {text}");
+                            }
+                            _ => {}
+                        }
+                    }
+                }
+            }
+        }
     }
 }

@@ -2,6 +2,7 @@
 //! links that have those settings, closed when the last of them goes.
 
 use std::collections::HashMap;
+use std::path::Path;
 use std::str::FromStr;
 use std::sync::Arc;
 
@@ -13,7 +14,7 @@ use bytes::Bytes;
 use tokio::sync::Mutex;
 use tracing::{debug, error, info, warn};
 
-use crate::config::{Auth, ConnectionSettings};
+use crate::config::{self, Auth, ConnectionSettings, TlsSettings};
 
 /// Name the provider's connections carry in the server's connection list.
 const CLIENT_NAME: &str = "wasmcloud-messaging-nats";
@@ -137,13 +138,19 @@ async fn connect(settings: &ConnectionSettings) -> anyhow::Result<NatsConnection
             ConnectOptions::with_user_and_password(user.clone(), password.clone())
         }
         Auth::Token(token) => ConnectOptions::with_token(token.clone()),
-        Auth::CredentialsFile(path) => ConnectOptions::with_credentials_file(path)
-            .await
-            .with_context(|| format!("cannot read credentials_file {}", path.display()))?,
+        Auth::CredentialsFile(path) => {
+            // Read at every (re)connect rather than once, so that a rotated
+            // file (a new user JWT) takes effect without re-linking.
+            let path = Arc::new(path.clone());
+            ConnectOptions::with_auth_callback(move |nonce| {
+                let path = Arc::clone(&path);
+                async move { sign_with_credentials_file(&path, &nonce) }
+            })
+        }
     };
-    if let Some(pem) = &settings.tls_ca {
+    if settings.tls.required() {
         options = options
-            .tls_client_config(tls_config(pem)?)
+            .tls_client_config(tls_config(&settings.tls)?)
             .require_tls(true);
     }
     if let Some(prefix) = &settings.custom_inbox_prefix {
@@ -188,19 +195,65 @@ fn log_event(servers: &str, event: Event) {
     }
 }
 
-/// A TLS client configuration that trusts the CA certificates in `pem`.
-fn tls_config(pem: &str) -> anyhow::Result<async_nats::rustls::ClientConfig> {
+/// Signs the server's nonce with the seed of a `.creds` file, read now.
+fn sign_with_credentials_file(
+    path: &Path,
+    nonce: &[u8],
+) -> Result<async_nats::Auth, async_nats::AuthError> {
+    let credentials = config::read_credentials(path).map_err(|reason| {
+        async_nats::AuthError::new(format!("credentials_file {}: {reason}", path.display()))
+    })?;
+    let key_pair = nkeys::KeyPair::from_seed(&credentials.seed)
+        .map_err(|_| async_nats::AuthError::new("credentials_file: invalid nkey seed"))?;
+    let signature = key_pair
+        .sign(nonce)
+        .map_err(|_| async_nats::AuthError::new("credentials_file: cannot sign the nonce"))?;
+    let mut auth = async_nats::Auth::new();
+    auth.jwt = Some(credentials.jwt);
+    auth.signature = Some(signature);
+    Ok(auth)
+}
+
+/// A TLS client configuration: trusts the configured CA (else the
+/// platform's roots as async-nats would) and presents the client
+/// certificate when one is set.
+fn tls_config(tls: &TlsSettings) -> anyhow::Result<async_nats::rustls::ClientConfig> {
     use async_nats::rustls;
     let mut roots = rustls::RootCertStore::empty();
-    for cert in rustls_pemfile::certs(&mut pem.as_bytes()) {
-        roots
-            .add(cert.context("invalid PEM in the TLS CA")?)
-            .context("invalid certificate in the TLS CA")?;
+    match &tls.ca {
+        Some(pem) => {
+            for cert in rustls_pemfile::certs(&mut pem.as_bytes()) {
+                roots
+                    .add(cert.context("invalid PEM in the TLS CA")?)
+                    .context("invalid certificate in the TLS CA")?;
+            }
+        }
+        None => {
+            let native = rustls_native_certs::load_native_certs()
+                .context("cannot load the platform's CA certificates")?;
+            roots.add_parsable_certificates(native);
+        }
     }
     let provider = Arc::new(rustls::crypto::ring::default_provider());
-    Ok(rustls::ClientConfig::builder_with_provider(provider)
+    let builder = rustls::ClientConfig::builder_with_provider(provider)
         .with_safe_default_protocol_versions()
         .context("TLS set-up failed")?
-        .with_root_certificates(roots)
-        .with_no_client_auth())
+        .with_root_certificates(roots);
+    Ok(match &tls.client {
+        Some((cert_pem, key_pem)) => {
+            let chain = rustls_pemfile::certs(&mut cert_pem.as_bytes())
+                .collect::<Result<Vec<_>, _>>()
+                .context("invalid PEM in the TLS client certificate")?;
+            // No context from the parser here: its message could quote key
+            // material.
+            let key = rustls_pemfile::private_key(&mut key_pem.as_bytes())
+                .ok()
+                .flatten()
+                .ok_or_else(|| anyhow!("tls_key holds no usable private key"))?;
+            builder
+                .with_client_auth_cert(chain, key)
+                .map_err(|_| anyhow!("the TLS client certificate does not match its key"))?
+        }
+        None => builder.with_no_client_auth(),
+    })
 }

@@ -24,6 +24,14 @@ pub enum ConsumerError {
         subject: String,
         reason: String,
     },
+    /// The link's `publish_allow` / `publish_deny` refuse the subject.
+    Denied {
+        role: &'static str,
+        subject: String,
+        reason: String,
+    },
+    /// A header (trace context of the invocation) NATS cannot carry.
+    InvalidHeader(String),
     TooLarge {
         size: usize,
         max_payload: usize,
@@ -65,6 +73,12 @@ impl fmt::Display for ConsumerError {
                 subject,
                 reason,
             } => write!(f, "invalid {role} {subject:?}: {reason}"),
+            Self::Denied {
+                role,
+                subject,
+                reason,
+            } => write!(f, "{role} {subject:?} refused by this link: {reason}"),
+            Self::InvalidHeader(reason) => write!(f, "message refused: {reason}"),
             Self::TooLarge { size, max_payload } => write!(
                 f,
                 "message of {size} bytes (body and headers) exceeds the server's \
@@ -132,9 +146,9 @@ impl ConsumerLink {
             body,
             reply_to,
         } = msg;
-        check_subject("subject", &subject)?;
+        self.check_subject("subject", &subject)?;
         if let Some(reply_to) = &reply_to {
-            check_subject("reply-to subject", reply_to)?;
+            self.check_subject("reply-to subject", reply_to)?;
         }
         self.check_size(&body, headers.as_ref())?;
 
@@ -182,7 +196,7 @@ impl ConsumerLink {
         timeout_ms: u32,
         headers: Option<HeaderMap>,
     ) -> Result<BrokerMessage, ConsumerError> {
-        check_subject("subject", &subject)?;
+        self.check_subject("subject", &subject)?;
         let timeout = match timeout_ms {
             0 => self.settings.default_request_timeout,
             ms => Duration::from_millis(ms.into()),
@@ -234,6 +248,27 @@ impl ConsumerLink {
         }
     }
 
+    /// Refuses a subject that is malformed (which the server would answer by
+    /// closing the connection every link shares) or that this link may not
+    /// send to.
+    fn check_subject(&self, role: &'static str, subject: &str) -> Result<(), ConsumerError> {
+        subject::check_publish_subject(subject).map_err(|reason| {
+            ConsumerError::InvalidSubject {
+                role,
+                subject: subject.to_string(),
+                reason,
+            }
+        })?;
+        self.settings
+            .access
+            .check(subject)
+            .map_err(|reason| ConsumerError::Denied {
+                role,
+                subject: subject.to_string(),
+                reason,
+            })
+    }
+
     /// Refuses a message the server would refuse: NATS counts headers and
     /// body against `max_payload`. Unknown until first connected (0).
     fn check_size(&self, body: &Bytes, headers: Option<&HeaderMap>) -> Result<(), ConsumerError> {
@@ -246,13 +281,6 @@ impl ConsumerLink {
     }
 }
 
-fn check_subject(role: &'static str, subject: &str) -> Result<(), ConsumerError> {
-    subject::check_publish_subject(subject).map_err(|reason| ConsumerError::InvalidSubject {
-        role,
-        subject: subject.to_string(),
-        reason,
-    })
-}
 
 /// Size of a header block on the wire: `NATS/1.0\r\n`, `key: value\r\n`
 /// per value, and a closing `\r\n`.

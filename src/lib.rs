@@ -10,6 +10,7 @@ pub mod config;
 pub mod connection;
 pub mod consumer;
 pub mod delivery;
+pub mod host_data;
 pub mod provider;
 pub mod subject;
 pub mod trace_context;

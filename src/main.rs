@@ -1,15 +1,51 @@
 //! The provider executable that a wasmCloud host starts.
 
 use anyhow::Context as _;
-use messaging_nats::{bindings, MessagingProvider};
+use messaging_nats::{bindings, host_data, MessagingProvider};
 use tokio::signal::unix::{signal, SignalKind};
 use tracing::info;
 use wasmcloud_provider_sdk::{get_connection, run_provider, serve_provider_exports};
 
 const PROVIDER_NAME: &str = "messaging-nats";
 
-#[tokio::main]
-async fn main() -> anyhow::Result<()> {
+/// Log filter added after the host's `RUST_LOG`: the SDK logs whole link
+/// definitions, config values included, at debug level, and a user may have
+/// put a credential in link config rather than in secrets.
+const LOG_CAP: &str = "wasmcloud_provider_sdk=info";
+
+fn main() -> std::process::ExitCode {
+    let host_data = match host_data::read(std::io::stdin().lock()) {
+        Ok(data) => data,
+        Err(message) => {
+            eprintln!("{PROVIDER_NAME}: {message}");
+            return std::process::ExitCode::from(2);
+        }
+    };
+    // Set before the runtime starts any thread that could read the
+    // environment at the same time.
+    let rust_log = std::env::var("RUST_LOG").unwrap_or_default();
+    std::env::set_var("RUST_LOG", format!("{rust_log},{LOG_CAP}").trim_start_matches(','));
+    if wasmcloud_provider_sdk::provider::initialize_host_data(host_data).is_err() {
+        eprintln!("{PROVIDER_NAME}: host data was already initialised");
+        return std::process::ExitCode::from(2);
+    }
+    let runtime = match tokio::runtime::Runtime::new() {
+        Ok(runtime) => runtime,
+        Err(err) => {
+            eprintln!("{PROVIDER_NAME}: cannot start the async runtime: {err}");
+            return std::process::ExitCode::FAILURE;
+        }
+    };
+    match runtime.block_on(run()) {
+        Ok(()) => std::process::ExitCode::SUCCESS,
+        Err(err) => {
+            eprintln!("{PROVIDER_NAME}: {err:#}");
+            std::process::ExitCode::FAILURE
+        }
+    }
+}
+
+async fn run() -> anyhow::Result<()> {
     wasmcloud_provider_sdk::initialize_observability!(PROVIDER_NAME, None::<&str>);
 
     let provider = MessagingProvider::default();

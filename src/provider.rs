@@ -18,7 +18,7 @@ use wasmcloud_provider_sdk::{
 use crate::bindings::exports::wasmcloud::messaging::consumer;
 use crate::config::{ConnectionSettings, LinkSettings, ProviderDefaults};
 use crate::connection::{ConnectionPool, NatsConnection};
-use crate::consumer::{BrokerMessage, ConsumerLink};
+use crate::consumer::{BrokerMessage, ConsumerError, ConsumerLink};
 use crate::delivery::{Deliveries, Target};
 use crate::trace_context;
 
@@ -347,7 +347,10 @@ impl consumer::Handler<Option<Context>> for MessagingProvider {
             Ok(link) => link,
             Err(refusal) => return Ok(Err(refusal)),
         };
-        let headers = trace_context::from_invocation(cx.as_ref());
+        let headers = match trace_context::from_invocation(cx.as_ref()) {
+            Ok(headers) => headers,
+            Err(reason) => return Ok(Err(ConsumerError::InvalidHeader(reason).to_string())),
+        };
         Ok(link.publish(msg, headers).await.map_err(|err| {
             debug!(error = %err, "publish failed");
             err.to_string()
@@ -365,7 +368,10 @@ impl consumer::Handler<Option<Context>> for MessagingProvider {
             Ok(link) => link,
             Err(refusal) => return Ok(Err(refusal)),
         };
-        let headers = trace_context::from_invocation(cx.as_ref());
+        let headers = match trace_context::from_invocation(cx.as_ref()) {
+            Ok(headers) => headers,
+            Err(reason) => return Ok(Err(ConsumerError::InvalidHeader(reason).to_string())),
+        };
         Ok(link
             .request(subject, body, timeout_ms, headers)
             .await

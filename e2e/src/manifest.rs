@@ -11,7 +11,10 @@ use wadm_types::{ConfigProperty, Manifest, Properties, TraitProperty};
 use wit_parser::Resolve;
 
 /// Config keys the provider accepts, from the provider crate itself.
-pub use messaging_nats::config::KNOWN_KEYS as ACCEPTED_CONFIG_KEYS;
+/// Every config key the provider accepts.
+pub fn accepted_config_keys() -> Vec<&'static str> {
+    messaging_nats::config::known_keys().collect()
+}
 
 /// Interfaces defined by the WIT under `wit_dir`, as `namespace:package/name`
 /// (versions left out, as wadm links name them). `wit_dir` is either a package
@@ -250,7 +253,7 @@ spec:
 "#;
 
     async fn problems(yaml: &str) -> Vec<String> {
-        check_manifest(yaml, &messaging_interfaces(), ACCEPTED_CONFIG_KEYS)
+        check_manifest(yaml, &messaging_interfaces(), &accepted_config_keys())
             .await
             .unwrap()
     }

@@ -1,7 +1,7 @@
 //! The repository's `wadm.yaml` only names what this project ships.
 
 use anyhow::{Context as _, Result};
-use messaging_nats_e2e::manifest::{check_manifest, wit_interfaces, ACCEPTED_CONFIG_KEYS};
+use messaging_nats_e2e::manifest::{check_manifest, wit_interfaces, accepted_config_keys};
 use messaging_nats_e2e::paths::repo_root;
 
 #[tokio::test]
@@ -12,7 +12,7 @@ async fn wadm_manifest_matches_project() -> Result<()> {
         .with_context(|| format!("failed to read {}", path.display()))?;
     let interfaces = wit_interfaces(&root.join("wit"))?;
 
-    let problems = check_manifest(&yaml, &interfaces, ACCEPTED_CONFIG_KEYS).await?;
+    let problems = check_manifest(&yaml, &interfaces, &accepted_config_keys()).await?;
 
     assert!(
         problems.is_empty(),
