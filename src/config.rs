@@ -135,7 +135,9 @@ pub fn known_keys() -> impl Iterator<Item = &'static str> {
 }
 
 fn kind(key: &str) -> Option<Kind> {
-    KEYS.iter().find(|(name, _)| *name == key).map(|(_, kind)| *kind)
+    KEYS.iter()
+        .find(|(name, _)| *name == key)
+        .map(|(_, kind)| *kind)
 }
 
 /// True for keys whose values are credentials, never shown anywhere.
@@ -258,10 +260,27 @@ impl ProviderDefaults {
         link_secrets: &HashMap<String, SecretValue>,
     ) -> Result<LinkSettings, ConfigError> {
         let mut values = self.values.clone();
+        // Authentication is one choice: a link that makes its own replaces
+        // the provider's, rather than being refused as a second method.
+        let names_auth = |key: &String| AUTH_KEYS.contains(&key.to_ascii_lowercase().as_str());
+        if link_config.keys().any(names_auth) || link_secrets.keys().any(names_auth) {
+            values.retain(|key, _| !AUTH_KEYS.contains(&key.as_str()));
+        }
         overlay(&mut values, link_config, link_secrets);
         LinkSettings::from_values(&values)
     }
 }
+
+/// The keys that choose how to authenticate; see [`parse_auth`].
+const AUTH_KEYS: &[&str] = &[
+    CLIENT_JWT,
+    CLIENT_SEED,
+    NKEY_SEED,
+    USERNAME,
+    PASSWORD,
+    TOKEN,
+    CREDENTIALS_FILE,
+];
 
 /// Lays config, then the keys among secrets that may come from secrets
 /// (credentials and server URLs), over `values`, with keys folded to lower
@@ -520,7 +539,10 @@ fn parse_consumer<'a>(
             allow: get(PUBLISH_ALLOW)
                 .map(|value| parse_patterns(PUBLISH_ALLOW, value))
                 .transpose()?,
-            deny: parse_patterns(PUBLISH_DENY, get(PUBLISH_DENY).unwrap_or(DEFAULT_PUBLISH_DENY))?,
+            deny: parse_patterns(
+                PUBLISH_DENY,
+                get(PUBLISH_DENY).unwrap_or(DEFAULT_PUBLISH_DENY),
+            )?,
         },
     };
     if settings.default_request_timeout > settings.max_request_timeout {
@@ -1017,6 +1039,23 @@ mod tests {
     }
 
     #[test]
+    fn link_authentication_replaces_the_providers() {
+        let provider: HashMap<String, String> = [(USERNAME.to_string(), "p".to_string())].into();
+        let secrets: HashMap<String, SecretValue> =
+            [(PASSWORD.to_string(), SecretValue::String("pw".into()))].into();
+        let defaults = ProviderDefaults::new(&provider, &secrets);
+        let link: HashMap<String, String> = [(TOKEN.to_string(), "t".to_string())].into();
+        let s = defaults
+            .link_settings(&link, &HashMap::new())
+            .expect("parses");
+        assert_eq!(s.connection.auth, Auth::Token("t".into()));
+        let s = defaults
+            .link_settings(&HashMap::new(), &HashMap::new())
+            .expect("parses");
+        assert!(matches!(s.connection.auth, Auth::UserPassword { .. }));
+    }
+
+    #[test]
     fn two_auth_methods_are_rejected() {
         let err =
             settings(&[(TOKEN, "t"), (USERNAME, "u"), (PASSWORD, "p")]).expect_err("rejected");
@@ -1070,7 +1109,10 @@ mod tests {
     fn password_without_username_is_rejected_without_quoting_it() {
         let err = settings(&[(PASSWORD, "pw-quoted-nowhere")]).expect_err("rejected");
         assert_eq!(err.key(), USERNAME);
-        assert!(!format!("{err} {err:?}").contains("pw-quoted-nowhere"), "{err}");
+        assert!(
+            !format!("{err} {err:?}").contains("pw-quoted-nowhere"),
+            "{err}"
+        );
     }
 
     #[test]
@@ -1094,8 +1136,7 @@ mod tests {
 
     #[test]
     fn trailing_comma_in_cluster_uris_does_not_print_the_list() {
-        let err =
-            settings(&[(CLUSTER_URIS, "nats://u:pw-in-url@h:4222,")]).expect_err("rejected");
+        let err = settings(&[(CLUSTER_URIS, "nats://u:pw-in-url@h:4222,")]).expect_err("rejected");
         assert_eq!(err.key(), CLUSTER_URIS);
         assert!(!format!("{err} {err:?}").contains("pw-in-url"), "{err}");
     }
@@ -1165,7 +1206,10 @@ mod tests {
 
     #[test]
     fn a_link_opts_in_to_denied_subjects_by_replacing_publish_deny() {
-        let access = settings(&[(PUBLISH_DENY, "$SYS.>")]).unwrap().consumer.access;
+        let access = settings(&[(PUBLISH_DENY, "$SYS.>")])
+            .unwrap()
+            .consumer
+            .access;
         assert!(access.check("wasmbus.ctl.x").is_ok());
         assert!(access.check("$SYS.x").is_err());
         let access = settings(&[(PUBLISH_DENY, "")]).unwrap().consumer.access;

@@ -8,6 +8,7 @@ use std::time::Duration;
 use async_nats::client::RequestErrorKind;
 use async_nats::HeaderMap;
 use bytes::Bytes;
+use tracing::trace;
 
 use crate::config::{ConnectionSettings, ConsumerSettings};
 use crate::connection::NatsConnection;
@@ -151,6 +152,7 @@ impl ConsumerLink {
             self.check_subject("reply-to subject", reply_to)?;
         }
         self.check_size(&body, headers.as_ref())?;
+        trace!(subject, bytes = body.len(), "publishing");
 
         let client = &self.connection.client;
         let send = async {
@@ -208,6 +210,7 @@ impl ConsumerLink {
             });
         }
         self.check_size(&body, headers.as_ref())?;
+        trace!(subject, bytes = body.len(), "sending request");
 
         // One timer for the whole exchange (the client's own is switched
         // off), so that a send blocked on a full buffer is bounded too.
@@ -280,7 +283,6 @@ impl ConsumerLink {
         Ok(())
     }
 }
-
 
 /// Size of a header block on the wire: `NATS/1.0\r\n`, `key: value\r\n`
 /// per value, and a closing `\r\n`.

@@ -15,7 +15,7 @@ use futures::stream::{self, StreamExt as _};
 use tokio::task::{JoinHandle, JoinSet};
 use tokio::time::Instant;
 use tokio_util::sync::CancellationToken;
-use tracing::{debug, info, warn, Instrument as _};
+use tracing::{debug, info, trace, warn, Instrument as _};
 use wasmcloud_provider_sdk::provider::WrpcClient;
 
 use crate::bindings::wasmcloud::messaging::handler;
@@ -225,6 +225,11 @@ async fn deliver(
         body: msg.payload,
         reply_to: msg.reply.map(|reply| reply.to_string()),
     };
+    trace!(
+        subject = message.subject,
+        bytes = message.body.len(),
+        "delivering"
+    );
     let call = handler::handle_message(&target.wrpc, headers, &message);
     let subject = message.subject.as_str();
     let counter = match tokio::time::timeout(timeout, call).await {

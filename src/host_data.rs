@@ -20,9 +20,11 @@ pub fn read(input: impl BufRead) -> Result<HostData, String> {
         .map_err(|err| format!("cannot read host data from standard input: {err}"))?;
     let line = line.trim();
     if line.is_empty() {
-        return Err("no host data on standard input: this program is started by a wasmCloud \
+        return Err(
+            "no host data on standard input: this program is started by a wasmCloud \
                     host, which writes it there (base64 of a JSON HostData, one line)"
-            .into());
+                .into(),
+        );
     }
     let json = base64::engine::general_purpose::STANDARD
         .decode(line)
@@ -40,8 +42,7 @@ pub fn read(input: impl BufRead) -> Result<HostData, String> {
         // serde's message for a wrong type quotes the value: only the kind
         // of problem and its position are passed on.
         let problem = err.to_string();
-        let what = if problem.starts_with("missing field") || problem.starts_with("unknown field")
-        {
+        let what = if problem.starts_with("missing field") || problem.starts_with("unknown field") {
             problem
                 .split(" at line")
                 .next()
@@ -71,8 +72,13 @@ mod tests {
 
     #[test]
     fn a_valid_line_parses() {
-        let data = read(encoded(r#"{"host_id":"h","lattice_rpc_prefix":"l","env_values":{},"link_definitions":[]}"#).as_bytes())
-            .expect("valid");
+        let data = read(
+            encoded(
+                r#"{"host_id":"h","lattice_rpc_prefix":"l","env_values":{},"link_definitions":[]}"#,
+            )
+            .as_bytes(),
+        )
+        .expect("valid");
         assert_eq!(data.host_id, "h");
         assert_eq!(data.lattice_rpc_prefix, "l");
     }
@@ -98,6 +104,9 @@ mod tests {
         let err = read(encoded(r#"{"host_id": ["S3CR3T"]}"#).as_bytes()).expect_err("bad");
         assert!(!err.contains("S3CR3T"), "{err}");
         let err = read(encoded(r#"{"host_id": "S3CR3T""#).as_bytes()).expect_err("bad");
-        assert!(err.contains("not valid JSON") && !err.contains("S3CR3T"), "{err}");
+        assert!(
+            err.contains("not valid JSON") && !err.contains("S3CR3T"),
+            "{err}"
+        );
     }
 }

@@ -24,7 +24,10 @@ fn main() -> std::process::ExitCode {
     // Set before the runtime starts any thread that could read the
     // environment at the same time.
     let rust_log = std::env::var("RUST_LOG").unwrap_or_default();
-    std::env::set_var("RUST_LOG", format!("{rust_log},{LOG_CAP}").trim_start_matches(','));
+    std::env::set_var(
+        "RUST_LOG",
+        format!("{rust_log},{LOG_CAP}").trim_start_matches(','),
+    );
     if wasmcloud_provider_sdk::provider::initialize_host_data(host_data).is_err() {
         eprintln!("{PROVIDER_NAME}: host data was already initialised");
         return std::process::ExitCode::from(2);

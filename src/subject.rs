@@ -117,7 +117,9 @@ mod tests {
 
     #[test]
     fn empty_tokens_spaces_and_control_bytes_fail() {
-        for bad in ["", "a..b", ".a", "a.", "a b", "a\tb", "a\rb", "a\nb", "a\0b"] {
+        for bad in [
+            "", "a..b", ".a", "a.", "a b", "a\tb", "a\rb", "a\nb", "a\0b",
+        ] {
             assert!(check_subscribe_subject(bad).is_err(), "{bad:?}");
         }
     }

@@ -91,8 +91,8 @@ mod tests {
     #[test]
     fn line_breaks_in_a_trace_value_fail_the_call() {
         for forged in ["a\r\nX-Injected: 1", "a\nb", "a\rb", "a\0b"] {
-            let err = from_invocation(Some(&invocation("tracestate", forged)))
-                .expect_err("refused");
+            let err =
+                from_invocation(Some(&invocation("tracestate", forged))).expect_err("refused");
             assert!(err.contains("tracestate"), "{err}");
         }
     }

@@ -9,3 +9,4 @@ mod delivery;
 mod lifecycle;
 mod publish;
 mod request;
+mod security;

@@ -19,6 +19,8 @@ use tokio::sync::mpsc;
 use wasmcloud_provider_sdk::core::secrets::SecretValue;
 use wasmcloud_provider_sdk::core::{HostData, InterfaceLinkDefinition};
 
+pub mod credentials;
+
 pub mod bindings {
     wit_bindgen_wrpc::generate!({ world: "component", path: "wit", generate_all });
 }
@@ -119,20 +121,23 @@ impl NatsServer {
         }
     }
 
-    /// Names of the client connections the server has, from its monitoring
-    /// endpoint.
-    pub fn connection_names(&self) -> Vec<String> {
+    /// The server's `/connz` monitoring document (its client connections).
+    pub fn connz(&self) -> serde_json::Value {
         use std::io::Read as _;
         let mut stream =
             std::net::TcpStream::connect(("127.0.0.1", self.monitor_port)).expect("monitor port");
         stream
-            .write_all(b"GET /connz HTTP/1.0\r\nHost: 127.0.0.1\r\n\r\n")
+            .write_all(b"GET /connz?auth=1 HTTP/1.0\r\nHost: 127.0.0.1\r\n\r\n")
             .expect("send /connz");
         let mut response = String::new();
         stream.read_to_string(&mut response).expect("read /connz");
         let body = response.split("\r\n\r\n").nth(1).unwrap_or_default();
-        let connz: serde_json::Value = serde_json::from_str(body).expect("/connz json");
-        connz["connections"]
+        serde_json::from_str(body).expect("/connz json")
+    }
+
+    /// Names of the client connections the server has.
+    pub fn connection_names(&self) -> Vec<String> {
+        self.connz()["connections"]
             .as_array()
             .map(|conns| {
                 conns
@@ -235,10 +240,22 @@ impl Lattice {
     }
 
     pub async fn provider_with_key(&self, key: &str, config: &[(&str, &str)]) -> Provider {
-        let mut provider_config: HashMap<String, String> =
-            [("cluster_uris".to_string(), self.nats.url())].into();
-        provider_config.extend(config.iter().map(|(k, v)| (k.to_string(), v.to_string())));
-        Provider::start(self, key, provider_config).await
+        self.provider_with(ProviderOptions {
+            key: key.to_string(),
+            config: pairs(config),
+            ..ProviderOptions::default()
+        })
+        .await
+    }
+
+    /// Starts the provider as `options` say; `cluster_uris` defaults to this
+    /// lattice's server.
+    pub async fn provider_with(&self, mut options: ProviderOptions) -> Provider {
+        options
+            .config
+            .entry("cluster_uris".to_string())
+            .or_insert_with(|| self.nats.url());
+        Provider::start(self, options).await
     }
 
     /// Publishes bodies "0", "1", ... "n-1" to `subject`, in order.
@@ -258,6 +275,38 @@ impl Lattice {
     }
 }
 
+/// How a test starts the provider process.
+pub struct ProviderOptions {
+    pub key: String,
+    /// Provider-level config (named config merged by the host).
+    pub config: HashMap<String, String>,
+    /// Provider-level secrets, as the host hands them over.
+    pub secrets: HashMap<String, SecretValue>,
+    /// The host's log level for the provider.
+    pub log_level: wasmcloud_provider_sdk::core::logging::Level,
+    /// `RUST_LOG` for the process (unset: inherited).
+    pub rust_log: Option<String>,
+}
+
+impl Default for ProviderOptions {
+    fn default() -> Self {
+        Self {
+            key: "messaging-nats-test".to_string(),
+            config: HashMap::new(),
+            secrets: HashMap::new(),
+            log_level: wasmcloud_provider_sdk::core::logging::Level::Debug,
+            rust_log: None,
+        }
+    }
+}
+
+/// Owned key/value pairs from a test's literal list.
+pub fn pairs(list: &[(&str, &str)]) -> HashMap<String, String> {
+    list.iter()
+        .map(|(k, v)| (k.to_string(), v.to_string()))
+        .collect()
+}
+
 /// A running provider process.
 pub struct Provider {
     pub key: String,
@@ -272,55 +321,39 @@ pub struct Provider {
 }
 
 impl Provider {
-    async fn start(lattice: &Lattice, key: &str, config: HashMap<String, String>) -> Self {
+    async fn start(lattice: &Lattice, options: ProviderOptions) -> Self {
+        let ProviderOptions {
+            key,
+            config,
+            secrets,
+            log_level,
+            rust_log,
+        } = options;
         let provider_xkey = nkeys::XKey::new();
         let host_id = nkeys::KeyPair::new_server().public_key();
         let host_data = HostData {
             host_id: host_id.clone(),
             lattice_rpc_prefix: lattice.name.clone(),
             lattice_rpc_url: lattice.nats.url(),
-            provider_key: key.to_string(),
+            provider_key: key.clone(),
             instance_id: format!("{key}-instance"),
             link_name: "default".into(),
             config,
+            secrets,
             host_xkey_public_key: lattice.host_xkey.public_key(),
             provider_xkey_private_key: provider_xkey.seed().expect("xkey seed"),
-            log_level: Some(wasmcloud_provider_sdk::core::logging::Level::Debug),
+            log_level: Some(log_level),
             ..Default::default()
         };
         let json = serde_json::to_vec(&host_data).expect("host data json");
-        let mut child = Command::new(env!("CARGO_BIN_EXE_messaging-nats"))
-            .stdin(Stdio::piped())
-            .stdout(Stdio::piped())
-            .stderr(Stdio::piped())
-            .spawn()
-            .expect("start provider");
-        let mut stdin = child.stdin.take().expect("stdin");
-        writeln!(
-            stdin,
-            "{}\r",
+        let line = format!(
+            "{}\r\n",
             base64::engine::general_purpose::STANDARD.encode(json)
-        )
-        .expect("write host data");
-        drop(stdin);
-
-        let logs = Logs::default();
-        let stdout = child.stdout.take().expect("stdout");
-        let stderr = child.stderr.take().expect("stderr");
-        for stream in [
-            Box::new(stdout) as Box<dyn std::io::Read + Send>,
-            Box::new(stderr),
-        ] {
-            let logs = logs.clone();
-            std::thread::spawn(move || {
-                for line in BufReader::new(stream).lines().map_while(Result::ok) {
-                    logs.push(line);
-                }
-            });
-        }
+        );
+        let (child, logs) = spawn_provider(line.as_bytes(), rust_log.as_deref());
 
         let provider = Self {
-            key: key.to_string(),
+            key: key.clone(),
             host_id,
             logs,
             link_put_id: provider_xkey.public_key(),
@@ -451,6 +484,40 @@ impl Provider {
             tokio::time::sleep(Duration::from_millis(20)).await;
         }
     }
+}
+
+/// Starts the provider binary with `stdin` as its standard input and
+/// collects every line it prints, stdout and stderr alike.
+pub fn spawn_provider(stdin: &[u8], rust_log: Option<&str>) -> (Child, Logs) {
+    let mut command = Command::new(env!("CARGO_BIN_EXE_messaging-nats"));
+    if let Some(filter) = rust_log {
+        command.env("RUST_LOG", filter);
+    }
+    let mut child = command
+        .stdin(Stdio::piped())
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped())
+        .spawn()
+        .expect("start provider");
+    let mut input = child.stdin.take().expect("stdin");
+    input.write_all(stdin).expect("write host data");
+    drop(input);
+
+    let logs = Logs::default();
+    let stdout = child.stdout.take().expect("stdout");
+    let stderr = child.stderr.take().expect("stderr");
+    for stream in [
+        Box::new(stdout) as Box<dyn std::io::Read + Send>,
+        Box::new(stderr),
+    ] {
+        let logs = logs.clone();
+        std::thread::spawn(move || {
+            for line in BufReader::new(stream).lines().map_while(Result::ok) {
+                logs.push(line);
+            }
+        });
+    }
+    (child, logs)
 }
 
 impl Drop for Provider {
@@ -730,6 +797,7 @@ impl Component {
             source_id: Some(self.id.clone()),
             link_name: "default".into(),
             traceparent: None,
+            tracestate: None,
         }
     }
 }
@@ -746,6 +814,8 @@ pub struct Caller {
     pub source_id: Option<String>,
     pub link_name: String,
     pub traceparent: Option<String>,
+    /// Sent as the invocation's `tracestate` header, unchecked.
+    pub tracestate: Option<String>,
 }
 
 impl Caller {
@@ -757,6 +827,9 @@ impl Caller {
         headers.insert("link-name", self.link_name.as_str());
         if let Some(tp) = &self.traceparent {
             headers.insert("traceparent", tp.as_str());
+        }
+        if let Some(state) = &self.tracestate {
+            headers.insert("tracestate", async_nats::HeaderValue::from(state.as_str()));
         }
         Some(headers)
     }
