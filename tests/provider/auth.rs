@@ -1,8 +1,28 @@
-//! Authentication to NATS servers that require it, per link.
+//! Authentication to NATS servers that require it, per link: user/password,
+//! token, nkey, JWT + seed and `.creds` files against a server in operator
+//! mode, and TLS with a CA and client certificates made by the test.
 
-use std::time::Duration;
+use std::time::{Duration, Instant};
 
-use crate::support::{message, next_message, Behaviour, Lattice, Link, NatsServer};
+use crate::support::credentials::{Operator, ServerConnection, TestPki};
+use crate::support::{message, next_message, Behaviour, Lattice, Link, NatsServer, WAIT};
+
+/// Name the provider's connections carry in the server's connection list.
+const PROVIDER_CONNECTION: &str = "wasmcloud-messaging-nats";
+
+/// Subscribes and waits until the server has taken the subscription: a
+/// flush only empties the client's buffer, so this also makes a request
+/// that the server answers, in order, with "no responders".
+async fn subscribe_confirmed(client: &async_nats::Client, subject: &str) -> async_nats::Subscriber {
+    let sub = client.subscribe(subject.to_string()).await.unwrap();
+    let nobody = client.new_inbox();
+    let reply = client.request(nobody, bytes::Bytes::new()).await;
+    assert!(
+        matches!(&reply, Err(e) if e.kind() == async_nats::client::RequestErrorKind::NoResponders),
+        "round trip: {reply:?}"
+    );
+    sub
+}
 
 /// Puts `link` (a consumer link for component "c"), publishes through it and
 /// checks that `subscriber` on the protected server receives the message.
@@ -11,8 +31,7 @@ async fn assert_publishes_through(lattice: &Lattice, link: Link, subscriber: asy
     let component = lattice.component("c", Behaviour::default()).await;
     let line = provider.put_link(&link).await;
     assert!(line.contains("link ready"), "{line}");
-    let mut sub = subscriber.subscribe("secured").await.unwrap();
-    subscriber.flush().await.unwrap();
+    let mut sub = subscribe_confirmed(&subscriber, "secured").await;
 
     let result = component
         .caller(&provider)
@@ -21,8 +40,93 @@ async fn assert_publishes_through(lattice: &Lattice, link: Link, subscriber: asy
         .await
         .unwrap();
 
-    assert_eq!(result, Ok(()));
+    assert_eq!(result, Ok(()), "{}", provider.logs.lines().join("\n"));
     assert_eq!(&next_message(&mut sub).await.unwrap().payload[..], b"hi");
+}
+
+/// Puts `bad` as link "c/bad" (with short timeouts) next to a link
+/// "c/default" with good settings on the same provider, and checks that
+/// only the bad one fails: it cannot publish, health names it (and not the
+/// good one), the good one publishes, the provider logs a line satisfying
+/// `reported` (the reason), and no line of the logs holds any of `secrets`.
+async fn assert_fails_that_link_only(
+    bad: Link,
+    secrets: &[&str],
+    reason: &str,
+    reported: impl Fn(&str) -> bool,
+) {
+    let lattice = Lattice::start().await;
+    let provider = lattice.provider(&[]).await;
+    let component = lattice.component("c", Behaviour::default()).await;
+    let mut bad = bad.named("bad");
+    for (key, value) in [("connect_timeout_ms", "300"), ("publish_timeout_ms", "300")] {
+        bad.config.insert(key.into(), value.into());
+    }
+    provider.put_link(&bad).await;
+    let good = provider.put_link(&Link::consumer("c", &[])).await;
+    assert!(good.contains("link ready"), "{good}");
+
+    let mut caller = component.caller(&provider).await;
+    let good_publish = caller.publish(&message("x", b"x")).await.unwrap();
+    caller.link_name = "bad".into();
+    let bad_publish = caller.publish(&message("x", b"x")).await.unwrap();
+    // The good link connects in the background: wait until health no
+    // longer counts it as down.
+    let deadline = Instant::now() + WAIT;
+    let (healthy, health) = loop {
+        let (healthy, health) = provider.health().await.unwrap();
+        if !health.contains("c/default:") || Instant::now() > deadline {
+            break (healthy, health);
+        }
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    };
+
+    assert!(!healthy, "{health}");
+    assert!(
+        health.contains("consumer link c/bad") && !health.contains("c/default:"),
+        "{health}"
+    );
+    assert!(bad_publish.is_err(), "{bad_publish:?}");
+    assert_eq!(good_publish, Ok(()));
+    provider.logs.wait_for(0, reason, |l| reported(l)).await;
+    tokio::time::sleep(Duration::from_millis(100)).await;
+    assert_no_secret_logged(&provider.logs.lines(), secrets);
+}
+
+/// No log line holds any line of any secret (a JWT, a seed, a password, the
+/// body of a key PEM); PEM armour lines are not secret.
+fn assert_no_secret_logged(logs: &[String], secrets: &[&str]) {
+    for secret in secrets {
+        for part in secret
+            .lines()
+            .map(str::trim)
+            .filter(|p| !p.is_empty() && !p.starts_with("-----"))
+        {
+            let leaks: Vec<&String> = logs.iter().filter(|l| l.contains(part)).collect();
+            assert!(leaks.is_empty(), "secret {part:?} logged in:\n{leaks:#?}");
+        }
+    }
+}
+
+/// An error line about the server on `port` (whatever it says).
+fn names_server_error(port: u16) -> impl Fn(&str) -> bool {
+    move |line: &str| line.contains("ERROR") && line.contains(&format!("127.0.0.1:{port}"))
+}
+
+/// A line about the failure to authenticate.
+fn names_authorization(line: &str) -> bool {
+    line.to_lowercase().contains("authorization")
+}
+
+/// An error line about TLS or a certificate, for the server on `port`.
+fn names_tls(port: u16) -> impl Fn(&str) -> bool {
+    move |line: &str| {
+        // The server URL's scheme ("tls://") does not count.
+        let lower = line.to_lowercase().replace("tls://", "");
+        lower.contains("error")
+            && (lower.contains("tls") || lower.contains("certificate"))
+            && line.contains(&format!("127.0.0.1:{port}"))
+    }
 }
 
 #[tokio::test]
@@ -75,48 +179,331 @@ async fn nkey_seed_authenticates() {
 
 #[tokio::test]
 async fn wrong_password_fails_that_link_only_and_is_never_logged() {
-    let lattice = Lattice::start().await;
     let data = NatsServer::with_config("authorization { user: alice, password: right-pw }");
-    let provider = lattice.provider(&[]).await;
-    let component = lattice.component("c", Behaviour::default()).await;
+    let bad = Link::consumer("c", &[("cluster_uris", &data.url()), ("username", "alice")])
+        .with_secret("password", "wrong-pw");
+
+    assert_fails_that_link_only(
+        bad,
+        &["wrong-pw"],
+        "reporting the auth failure",
+        names_authorization,
+    )
+    .await;
+}
+
+#[tokio::test]
+async fn wrong_token_fails_that_link_only_and_is_never_logged() {
+    let data = NatsServer::with_config("authorization { token: right-t0ken-value }");
+    let bad = Link::consumer("c", &[("cluster_uris", &data.url())])
+        .with_secret("token", "wrong-t0ken-value");
+
+    assert_fails_that_link_only(
+        bad,
+        &["wrong-t0ken-value"],
+        "reporting the auth failure",
+        names_authorization,
+    )
+    .await;
+}
+
+#[tokio::test]
+async fn wrong_nkey_seed_fails_that_link_only_and_is_never_logged() {
+    let allowed = nkeys::KeyPair::new_user();
+    let data = NatsServer::with_config(&format!(
+        "authorization {{ users = [ {{ nkey: {} }} ] }}",
+        allowed.public_key()
+    ));
+    let other_seed = nkeys::KeyPair::new_user().seed().unwrap();
+    let bad =
+        Link::consumer("c", &[("cluster_uris", &data.url())]).with_secret("nkey_seed", &other_seed);
+
+    assert_fails_that_link_only(
+        bad,
+        &[&other_seed],
+        "reporting the auth failure",
+        names_authorization,
+    )
+    .await;
+}
+
+#[tokio::test]
+async fn jwt_and_seed_authenticate_in_operator_mode() {
+    let lattice = Lattice::start().await;
+    let operator = Operator::new("op");
+    let data = NatsServer::with_config(&operator.server_config());
+    let user = operator.user("provider");
+    let link = Link::consumer("c", &[("cluster_uris", &data.url())])
+        .with_secret("client_jwt", &user.jwt)
+        .with_secret("client_seed", &user.seed());
+    let subscriber = operator.user("watcher").client(&data).await;
+
+    assert_publishes_through(&lattice, link, subscriber).await;
+}
+
+#[tokio::test]
+async fn jwt_of_another_operator_fails_that_link_only_and_is_never_logged() {
+    let operator = Operator::new("op");
+    let data = NatsServer::with_config(&operator.server_config());
+    let stranger = Operator::new("other-op").user("stranger");
+    let seed = stranger.seed();
+    let bad = Link::consumer("c", &[("cluster_uris", &data.url())])
+        .with_secret("client_jwt", &stranger.jwt)
+        .with_secret("client_seed", &seed);
+
+    assert_fails_that_link_only(
+        bad,
+        &[&stranger.jwt, &seed],
+        "reporting the auth failure",
+        names_authorization,
+    )
+    .await;
+}
+
+#[tokio::test]
+async fn credentials_file_authenticates() {
+    let lattice = Lattice::start().await;
+    let operator = Operator::new("op");
+    let data = NatsServer::with_config(&operator.server_config());
+    let dir = tempfile::tempdir().unwrap();
+    let creds = dir.path().join("provider.creds");
+    operator.user("provider").write_creds(&creds);
+    let link = Link::consumer(
+        "c",
+        &[
+            ("cluster_uris", &data.url()),
+            ("credentials_file", creds.to_str().unwrap()),
+        ],
+    );
+    let subscriber = operator.user("watcher").client(&data).await;
+
+    assert_publishes_through(&lattice, link, subscriber).await;
+}
+
+#[tokio::test]
+async fn credentials_file_of_another_operator_fails_that_link_only_and_is_never_logged() {
+    let operator = Operator::new("op");
+    let data = NatsServer::with_config(&operator.server_config());
+    let dir = tempfile::tempdir().unwrap();
+    let creds = dir.path().join("stranger.creds");
+    let stranger = Operator::new("other-op").user("stranger");
+    stranger.write_creds(&creds);
     let bad = Link::consumer(
         "c",
         &[
             ("cluster_uris", &data.url()),
-            ("username", "alice"),
-            ("connect_timeout_ms", "300"),
-            ("publish_timeout_ms", "300"),
+            ("credentials_file", creds.to_str().unwrap()),
+        ],
+    );
+
+    assert_fails_that_link_only(
+        bad,
+        &[&stranger.jwt, &stranger.seed()],
+        "reporting the auth failure",
+        names_authorization,
+    )
+    .await;
+}
+
+/// Waits until the server lists a provider connection, and returns it.
+async fn provider_connection(data: &NatsServer) -> ServerConnection {
+    let deadline = Instant::now() + WAIT;
+    loop {
+        let connections = data.authenticated_connections();
+        if let Some(c) = connections.iter().find(|c| c.name == PROVIDER_CONNECTION) {
+            return c.clone();
+        }
+        assert!(
+            Instant::now() < deadline,
+            "no provider connection on the server: {connections:?}"
+        );
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+}
+
+#[tokio::test]
+async fn rotated_credentials_file_is_used_at_the_next_reconnect() {
+    let lattice = Lattice::start().await;
+    let operator = Operator::new("op");
+    let mut data = NatsServer::with_config(&operator.server_config());
+    let dir = tempfile::tempdir().unwrap();
+    let creds = dir.path().join("provider.creds");
+    let (user_a, user_b) = (operator.user("a"), operator.user("b"));
+    user_a.write_creds(&creds);
+    let provider = lattice.provider(&[]).await;
+    let component = lattice.component("c", Behaviour::default()).await;
+    let link = Link::consumer(
+        "c",
+        &[
+            ("cluster_uris", &data.url()),
+            ("credentials_file", creds.to_str().unwrap()),
+        ],
+    );
+    let line = provider.put_link(&link).await;
+    assert!(line.contains("link ready"), "{line}");
+    let caller = component.caller(&provider).await;
+    let watcher = operator.user("watcher");
+
+    let before = {
+        let subscriber = watcher.client(&data).await;
+        let mut sub = subscribe_confirmed(&subscriber, "secured").await;
+        let published = caller
+            .publish(&message("secured", b"before"))
+            .await
+            .unwrap();
+        assert_eq!(published, Ok(()));
+        assert_eq!(
+            &next_message(&mut sub).await.unwrap().payload[..],
+            b"before"
+        );
+        provider_connection(&data).await
+    };
+    user_b.write_creds(&creds);
+    data.restart();
+    let after = provider_connection(&data).await;
+    let subscriber = watcher.client(&data).await;
+    let mut sub = subscribe_confirmed(&subscriber, "secured").await;
+    let published = caller.publish(&message("secured", b"after")).await.unwrap();
+
+    assert_eq!(before.authorized_user, user_a.public_key());
+    assert_eq!(
+        after.authorized_user,
+        user_b.public_key(),
+        "the rotated file was not used"
+    );
+    assert_eq!(after.account, operator.account.public_key());
+    assert_eq!(published, Ok(()));
+    assert_eq!(&next_message(&mut sub).await.unwrap().payload[..], b"after");
+    assert_no_secret_logged(
+        &provider.logs.lines(),
+        &[&user_a.jwt, &user_a.seed(), &user_b.jwt, &user_b.seed()],
+    );
+}
+
+fn tls_url(data: &NatsServer) -> String {
+    format!("tls://127.0.0.1:{}", data.port)
+}
+
+#[tokio::test]
+async fn tls_ca_from_link_config_verifies_the_server() {
+    let lattice = Lattice::start().await;
+    let pki = TestPki::new("test");
+    let data = NatsServer::with_config(&pki.server_config(false));
+    let link = Link::consumer(
+        "c",
+        &[("cluster_uris", &tls_url(&data)), ("tls_ca", &pki.ca_pem)],
+    );
+    let subscriber = pki.client(&data).await;
+
+    assert_publishes_through(&lattice, link, subscriber).await;
+}
+
+#[tokio::test]
+async fn tls_ca_file_from_link_config_verifies_the_server() {
+    let lattice = Lattice::start().await;
+    let pki = TestPki::new("test");
+    let data = NatsServer::with_config(&pki.server_config(false));
+    let link = Link::consumer(
+        "c",
+        &[
+            ("cluster_uris", &tls_url(&data)),
+            ("tls_ca_file", pki.ca_file.to_str().unwrap()),
+        ],
+    );
+    let subscriber = pki.client(&data).await;
+
+    assert_publishes_through(&lattice, link, subscriber).await;
+}
+
+#[tokio::test]
+async fn tls_server_of_another_ca_fails_that_link_only_naming_the_certificate() {
+    let pki = TestPki::new("test");
+    let data = NatsServer::with_config(&pki.server_config(false));
+    let other = TestPki::new("other");
+    let bad = Link::consumer(
+        "c",
+        &[("cluster_uris", &tls_url(&data)), ("tls_ca", &other.ca_pem)],
+    );
+
+    assert_fails_that_link_only(bad, &[], "reporting the TLS failure", names_tls(data.port)).await;
+}
+
+#[tokio::test]
+async fn client_certificate_authenticates_when_the_server_requires_one() {
+    let lattice = Lattice::start().await;
+    let pki = TestPki::new("test");
+    let data = NatsServer::with_config(&pki.server_config(true));
+    let link = Link::consumer(
+        "c",
+        &[
+            ("cluster_uris", &tls_url(&data)),
+            ("tls_ca_file", pki.ca_file.to_str().unwrap()),
+            ("tls_cert", &pki.client.cert_pem),
         ],
     )
-    .with_secret("password", "wrong-pw")
-    .named("bad");
-    provider.put_link(&bad).await;
-    provider.put_link(&Link::consumer("c", &[])).await;
+    .with_secret("tls_key", &pki.client.key_pem);
+    let subscriber = pki.client(&data).await;
 
-    let (healthy, health) = provider.health().await.unwrap();
-    let mut caller = component.caller(&provider).await;
-    caller.link_name = "bad".into();
-    let bad_publish = caller.publish(&message("x", b"x")).await.unwrap();
-    caller.link_name = "default".into();
-    let good_publish = caller.publish(&message("x", b"x")).await.unwrap();
+    assert_publishes_through(&lattice, link, subscriber).await;
+}
 
-    assert!(!healthy);
-    assert!(
-        health.contains("consumer link c/bad") && !health.contains("c/default:"),
-        "{health}"
+#[tokio::test]
+async fn client_certificate_files_authenticate_when_the_server_requires_one() {
+    let lattice = Lattice::start().await;
+    let pki = TestPki::new("test");
+    let data = NatsServer::with_config(&pki.server_config(true));
+    let link = Link::consumer(
+        "c",
+        &[
+            ("cluster_uris", &tls_url(&data)),
+            ("tls_ca", &pki.ca_pem),
+            ("tls_cert_file", pki.client.cert_file.to_str().unwrap()),
+            ("tls_key_file", pki.client.key_file.to_str().unwrap()),
+        ],
     );
-    assert!(bad_publish.is_err());
-    assert_eq!(good_publish, Ok(()));
-    provider
-        .logs
-        .wait_for(0, "reporting the auth failure", |l| {
-            l.to_lowercase().contains("authorization")
-        })
-        .await;
-    tokio::time::sleep(Duration::from_millis(100)).await;
-    assert_eq!(
-        provider.logs.count(|l| l.contains("wrong-pw")),
-        0,
-        "password logged"
+    let subscriber = pki.client(&data).await;
+
+    assert_publishes_through(&lattice, link, subscriber).await;
+}
+
+#[tokio::test]
+async fn missing_client_certificate_fails_that_link_only() {
+    let pki = TestPki::new("test");
+    let data = NatsServer::with_config(&pki.server_config(true));
+    let bad = Link::consumer(
+        "c",
+        &[("cluster_uris", &tls_url(&data)), ("tls_ca", &pki.ca_pem)],
     );
+
+    assert_fails_that_link_only(
+        bad,
+        &[],
+        "reporting the connection failure",
+        names_server_error(data.port),
+    )
+    .await;
+}
+
+#[tokio::test]
+async fn client_certificate_of_another_ca_fails_that_link_only_and_key_is_never_logged() {
+    let pki = TestPki::new("test");
+    let data = NatsServer::with_config(&pki.server_config(true));
+    let other = TestPki::new("other");
+    let bad = Link::consumer(
+        "c",
+        &[
+            ("cluster_uris", &tls_url(&data)),
+            ("tls_ca", &pki.ca_pem),
+            ("tls_cert", &other.client.cert_pem),
+        ],
+    )
+    .with_secret("tls_key", &other.client.key_pem);
+
+    assert_fails_that_link_only(
+        bad,
+        &[&other.client.key_pem],
+        "reporting the connection failure",
+        names_server_error(data.port),
+    )
+    .await;
 }

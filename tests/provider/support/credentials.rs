@@ -1,0 +1,331 @@
+//! Credentials made by the tests themselves: operator-mode JWTs, `.creds`
+//! files and a TLS CA with server and client certificates.
+
+use std::io::{Read as _, Write as _};
+use std::path::{Path, PathBuf};
+use std::sync::atomic::{AtomicUsize, Ordering};
+use std::time::{SystemTime, UNIX_EPOCH};
+
+use base64::engine::general_purpose::URL_SAFE_NO_PAD;
+use base64::Engine as _;
+use nkeys::KeyPair;
+use serde_json::{json, Value};
+
+use super::NatsServer;
+
+static JWT_IDS: AtomicUsize = AtomicUsize::new(0);
+
+fn now() -> u64 {
+    SystemTime::now()
+        .duration_since(UNIX_EPOCH)
+        .expect("clock after 1970")
+        .as_secs()
+}
+
+/// Encodes and signs a NATS JWT v2 (`ed25519-nkey`) with `issuer`'s key.
+fn encode_jwt(issuer: &KeyPair, subject: &str, name: &str, nats: Value) -> String {
+    let header = json!({ "typ": "JWT", "alg": "ed25519-nkey" });
+    let claims = json!({
+        "jti": format!(
+            "TEST{}X{}",
+            std::process::id(),
+            JWT_IDS.fetch_add(1, Ordering::Relaxed)
+        ),
+        "iat": now(),
+        "iss": issuer.public_key(),
+        "sub": subject,
+        "name": name,
+        "nats": nats,
+    });
+    let signed = format!(
+        "{}.{}",
+        URL_SAFE_NO_PAD.encode(header.to_string()),
+        URL_SAFE_NO_PAD.encode(claims.to_string())
+    );
+    let signature = issuer.sign(signed.as_bytes()).expect("sign jwt");
+    format!("{signed}.{}", URL_SAFE_NO_PAD.encode(signature))
+}
+
+/// A user of an [`Account`]: its nkey and the JWT the account issued.
+pub struct User {
+    pub key: KeyPair,
+    pub jwt: String,
+}
+
+impl User {
+    pub fn public_key(&self) -> String {
+        self.key.public_key()
+    }
+
+    pub fn seed(&self) -> String {
+        self.key.seed().expect("user seed")
+    }
+
+    /// The `.creds` file text (JWT and seed, decorated).
+    pub fn creds(&self) -> String {
+        format!(
+            "-----BEGIN NATS USER JWT-----\n{}\n------END NATS USER JWT------\n\n\
+             ************************* IMPORTANT *************************\n\
+             NKEY Seed printed below can be used to sign and prove identity.\n\
+             NKEYs are sensitive and should be treated as secrets.\n\n\
+             -----BEGIN USER NKEY SEED-----\n{}\n------END USER NKEY SEED------\n\n\
+             *************************************************************\n",
+            self.jwt,
+            self.seed()
+        )
+    }
+
+    /// Writes (or overwrites) the `.creds` file at `path`.
+    pub fn write_creds(&self, path: &Path) {
+        std::fs::write(path, self.creds()).expect("write creds file");
+    }
+
+    /// A client of `server` authenticated as this user.
+    pub async fn client(&self, server: &NatsServer) -> async_nats::Client {
+        async_nats::ConnectOptions::with_credentials(&self.creds())
+            .expect("parse creds")
+            .connect(server.url())
+            .await
+            .expect("connect with creds")
+    }
+}
+
+/// An account of an [`Operator`]: its nkey and the JWT the operator issued.
+pub struct Account {
+    pub key: KeyPair,
+    pub jwt: String,
+}
+
+impl Account {
+    pub fn public_key(&self) -> String {
+        self.key.public_key()
+    }
+
+    /// A new user of this account, with a JWT signed by the account.
+    pub fn user(&self, name: &str) -> User {
+        let key = KeyPair::new_user();
+        let jwt = encode_jwt(
+            &self.key,
+            &key.public_key(),
+            name,
+            json!({
+                "pub": {},
+                "sub": {},
+                "subs": -1,
+                "data": -1,
+                "payload": -1,
+                "type": "user",
+                "version": 2,
+            }),
+        );
+        User { key, jwt }
+    }
+}
+
+/// A NATS operator (decentralised auth) with one account.
+pub struct Operator {
+    pub jwt: String,
+    pub account: Account,
+}
+
+impl Operator {
+    /// A new operator, self-signed, and an account it issued.
+    pub fn new(name: &str) -> Self {
+        let key = KeyPair::new_operator();
+        let jwt = encode_jwt(
+            &key,
+            &key.public_key(),
+            name,
+            json!({ "type": "operator", "version": 2 }),
+        );
+        let account_key = KeyPair::new_account();
+        let account_jwt = encode_jwt(
+            &key,
+            &account_key.public_key(),
+            &format!("{name}-account"),
+            json!({
+                "limits": {
+                    "subs": -1,
+                    "data": -1,
+                    "payload": -1,
+                    "imports": -1,
+                    "exports": -1,
+                    "wildcards": true,
+                    "conn": -1,
+                    "leaf": -1,
+                },
+                "type": "account",
+                "version": 2,
+            }),
+        );
+        Self {
+            jwt,
+            account: Account {
+                key: account_key,
+                jwt: account_jwt,
+            },
+        }
+    }
+
+    /// A new user of the operator's account.
+    pub fn user(&self, name: &str) -> User {
+        self.account.user(name)
+    }
+
+    /// nats-server config lines for operator mode with a memory resolver
+    /// that knows the account.
+    pub fn server_config(&self) -> String {
+        format!(
+            "operator: {}\nresolver: MEMORY\nresolver_preload: {{\n  {}: {}\n}}\n",
+            self.jwt,
+            self.account.public_key(),
+            self.account.jwt
+        )
+    }
+}
+
+/// A connection as the server's monitoring endpoint (`/connz?auth=1`)
+/// shows it.
+#[derive(Debug, Clone)]
+pub struct ServerConnection {
+    pub name: String,
+    /// The user's public key for JWT/nkey users, else the user name.
+    pub authorized_user: String,
+    pub account: String,
+}
+
+impl NatsServer {
+    /// The client connections the server has, with their authentication.
+    pub fn authenticated_connections(&self) -> Vec<ServerConnection> {
+        let mut stream =
+            std::net::TcpStream::connect(("127.0.0.1", self.monitor_port)).expect("monitor port");
+        stream
+            .write_all(b"GET /connz?auth=1 HTTP/1.0\r\nHost: 127.0.0.1\r\n\r\n")
+            .expect("send /connz");
+        let mut response = String::new();
+        stream.read_to_string(&mut response).expect("read /connz");
+        let body = response.split("\r\n\r\n").nth(1).unwrap_or_default();
+        let connz: Value = serde_json::from_str(body).expect("/connz json");
+        let field = |c: &Value, key: &str| c[key].as_str().unwrap_or_default().to_string();
+        connz["connections"]
+            .as_array()
+            .map(|conns| {
+                conns
+                    .iter()
+                    .map(|c| ServerConnection {
+                        name: field(c, "name"),
+                        authorized_user: field(c, "authorized_user"),
+                        account: field(c, "account"),
+                    })
+                    .collect()
+            })
+            .unwrap_or_default()
+    }
+}
+
+/// A certificate and its key, as PEM text and as files.
+pub struct CertFiles {
+    pub cert_pem: String,
+    pub key_pem: String,
+    pub cert_file: PathBuf,
+    pub key_file: PathBuf,
+}
+
+/// A test CA with a server certificate (for `127.0.0.1` and `localhost`)
+/// and a client certificate it signed, written into a temp dir.
+pub struct TestPki {
+    pub ca_pem: String,
+    pub ca_file: PathBuf,
+    pub server: CertFiles,
+    pub client: CertFiles,
+    _dir: tempfile::TempDir,
+}
+
+impl TestPki {
+    pub fn new(name: &str) -> Self {
+        use rcgen::{
+            BasicConstraints, CertificateParams, DnType, ExtendedKeyUsagePurpose, IsCa,
+            KeyUsagePurpose,
+        };
+        let dir = tempfile::tempdir().expect("temp dir");
+
+        let mut ca_params = CertificateParams::new(Vec::<String>::new()).expect("ca params");
+        ca_params
+            .distinguished_name
+            .push(DnType::CommonName, format!("{name} test CA"));
+        ca_params.is_ca = IsCa::Ca(BasicConstraints::Unconstrained);
+        ca_params.key_usages = vec![
+            KeyUsagePurpose::KeyCertSign,
+            KeyUsagePurpose::CrlSign,
+            KeyUsagePurpose::DigitalSignature,
+        ];
+        let ca_key = rcgen::KeyPair::generate().expect("ca key");
+        let ca = ca_params.self_signed(&ca_key).expect("self-sign ca");
+
+        let issue = |file: &str, sans: Vec<String>, usage: ExtendedKeyUsagePurpose| {
+            let mut params = CertificateParams::new(sans).expect("cert params");
+            params
+                .distinguished_name
+                .push(DnType::CommonName, format!("{name} {file}"));
+            params.key_usages = vec![
+                KeyUsagePurpose::DigitalSignature,
+                KeyUsagePurpose::KeyEncipherment,
+            ];
+            params.extended_key_usages = vec![usage];
+            let key = rcgen::KeyPair::generate().expect("key");
+            let cert = params.signed_by(&key, &ca, &ca_key).expect("sign cert");
+            let files = CertFiles {
+                cert_pem: cert.pem(),
+                key_pem: key.serialize_pem(),
+                cert_file: dir.path().join(format!("{file}.pem")),
+                key_file: dir.path().join(format!("{file}-key.pem")),
+            };
+            std::fs::write(&files.cert_file, &files.cert_pem).expect("write cert");
+            std::fs::write(&files.key_file, &files.key_pem).expect("write key");
+            files
+        };
+        let server = issue(
+            "server",
+            vec!["127.0.0.1".into(), "localhost".into()],
+            ExtendedKeyUsagePurpose::ServerAuth,
+        );
+        let client = issue(
+            "client",
+            vec!["client.test".into()],
+            ExtendedKeyUsagePurpose::ClientAuth,
+        );
+        let ca_pem = ca.pem();
+        let ca_file = dir.path().join("ca.pem");
+        std::fs::write(&ca_file, &ca_pem).expect("write ca");
+        Self {
+            ca_pem,
+            ca_file,
+            server,
+            client,
+            _dir: dir,
+        }
+    }
+
+    /// The nats-server `tls` block: the server certificate, this CA, and
+    /// whether clients must present a certificate the CA signed.
+    pub fn server_config(&self, verify: bool) -> String {
+        format!(
+            "tls {{\n  cert_file: {:?}\n  key_file: {:?}\n  ca_file: {:?}\n  verify: {verify}\n  timeout: 2\n}}\n",
+            self.server.cert_file.display().to_string(),
+            self.server.key_file.display().to_string(),
+            self.ca_file.display().to_string(),
+        )
+    }
+
+    /// A client of `server` (TLS, trusting this CA, presenting the client
+    /// certificate).
+    pub async fn client(&self, server: &NatsServer) -> async_nats::Client {
+        async_nats::ConnectOptions::new()
+            .require_tls(true)
+            .add_root_certificates(self.ca_file.clone())
+            .add_client_certificate(self.client.cert_file.clone(), self.client.key_file.clone())
+            .connect(format!("tls://127.0.0.1:{}", server.port))
+            .await
+            .expect("connect with TLS")
+    }
+}
