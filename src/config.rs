@@ -236,21 +236,30 @@ impl std::error::Error for ConfigError {}
 /// Provider-level config and secrets: defaults under every link.
 #[derive(Clone, Default)]
 pub struct ProviderDefaults {
-    values: HashMap<String, String>,
+    config: HashMap<String, String>,
+    secrets: HashMap<String, SecretValue>,
 }
 
 impl ProviderDefaults {
     /// Takes the provider's merged named config and its secrets.
     pub fn new(config: &HashMap<String, String>, secrets: &HashMap<String, SecretValue>) -> Self {
-        let mut values = HashMap::new();
-        overlay(&mut values, config, secrets);
-        Self { values }
+        Self {
+            config: config.clone(),
+            secrets: secrets.clone(),
+        }
+    }
+
+    /// Replaces the config, as a provider config update does; the secrets
+    /// the host gave at start stay.
+    pub fn update_config(&mut self, config: &HashMap<String, String>) {
+        self.config = config.clone();
     }
 
     /// Checks the defaults on their own, so that a broken default is
     /// reported when it arrives rather than on every link.
     pub fn check(&self) -> Result<(), ConfigError> {
-        LinkSettings::from_values(&self.values).map(|_| ())
+        self.link_settings(&HashMap::new(), &HashMap::new())
+            .map(|_| ())
     }
 
     /// Parses one link's settings: its config and secrets over these defaults.
@@ -259,7 +268,8 @@ impl ProviderDefaults {
         link_config: &HashMap<String, String>,
         link_secrets: &HashMap<String, SecretValue>,
     ) -> Result<LinkSettings, ConfigError> {
-        let mut values = self.values.clone();
+        let mut values = HashMap::new();
+        overlay(&mut values, &self.config, &self.secrets);
         // Authentication is one choice: a link that makes its own replaces
         // the provider's, rather than being refused as a second method.
         let names_auth = |key: &String| AUTH_KEYS.contains(&key.to_ascii_lowercase().as_str());
@@ -876,6 +886,20 @@ fn parse_max_in_flight(value: Option<&str>) -> Result<usize, ConfigError> {
     }
 }
 
+/// The largest value each duration key accepts, in its own unit. Why each
+/// bound: `connect_timeout_ms` and `publish_timeout_ms` hold up a link put or
+/// a component's call; `drain_timeout_ms` holds up shutdown; a handler or
+/// request that takes longer than ten minutes is a job, not a message.
+const DURATION_MAXIMA: &[(&str, u64)] = &[
+    (CONNECT_TIMEOUT_MS, 60_000),
+    (PUBLISH_TIMEOUT_MS, 60_000),
+    (DRAIN_TIMEOUT_MS, 60_000),
+    (HANDLER_TIMEOUT_MS, 600_000),
+    (REQUEST_TIMEOUT_MS, 600_000),
+    (MAX_REQUEST_TIMEOUT_MS, 600_000),
+    (PING_INTERVAL_SEC, 3_600),
+];
+
 /// Reads a key holding milliseconds, or the default when it is absent.
 fn duration_ms<'a>(
     get: impl Fn(&str) -> Option<&'a str>,
@@ -887,19 +911,23 @@ fn duration_ms<'a>(
     })
 }
 
-/// Parses a positive whole number of some unit (no zero: a zero timeout or
-/// interval is never what anybody means).
+/// Parses a whole number of some unit from 1 to the key's maximum (no zero:
+/// a zero timeout or interval is never what anybody means).
 fn parse_duration(
     key: &str,
     value: &str,
     unit: fn(u64) -> Duration,
 ) -> Result<Duration, ConfigError> {
+    let max = DURATION_MAXIMA
+        .iter()
+        .find(|(name, _)| *name == key)
+        .map_or(u64::MAX, |(_, max)| *max);
     match value.trim().parse::<u64>() {
-        Ok(n) if (1..=86_400_000).contains(&n) => Ok(unit(n)),
+        Ok(n) if (1..=max).contains(&n) => Ok(unit(n)),
         _ => Err(ConfigError::new(
             key,
             value,
-            "expected a whole number from 1 to 86400000",
+            format!("expected a whole number from 1 to {max}"),
         )),
     }
 }
@@ -1053,6 +1081,32 @@ mod tests {
             .link_settings(&HashMap::new(), &HashMap::new())
             .expect("parses");
         assert!(matches!(s.connection.auth, Auth::UserPassword { .. }));
+    }
+
+    #[test]
+    fn provider_secrets_survive_a_config_update() {
+        let secrets: HashMap<String, SecretValue> =
+            [(PASSWORD.to_string(), SecretValue::String("pw".into()))].into();
+        let mut defaults = ProviderDefaults::new(&HashMap::new(), &secrets);
+        defaults.update_config(&[(USERNAME.to_string(), "u".to_string())].into());
+        let s = defaults
+            .link_settings(&HashMap::new(), &HashMap::new())
+            .expect("parses");
+        assert_eq!(
+            s.connection.auth,
+            Auth::UserPassword {
+                user: "u".into(),
+                password: "pw".into()
+            }
+        );
+    }
+
+    #[test]
+    fn durations_above_their_documented_maximum_are_rejected() {
+        let err = settings(&[(DRAIN_TIMEOUT_MS, "86400000")]).expect_err("too long");
+        assert!(err.to_string().contains("from 1 to 60000"), "{err}");
+        assert!(settings(&[(DRAIN_TIMEOUT_MS, "60000")]).is_ok());
+        assert!(settings(&[(PING_INTERVAL_SEC, "3601")]).is_err());
     }
 
     #[test]

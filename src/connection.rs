@@ -1,17 +1,29 @@
 //! NATS connections: one per distinct [`ConnectionSettings`], shared by the
-//! links that have those settings, closed when the last of them goes.
+//! links that have those settings. A link holds a [`Lease`]; the connection
+//! closes itself when the last lease is dropped, so nobody releases anything
+//! by hand.
+//!
+//! A connection is a supervisor task and its current client. Each client
+//! gives up after [`MAX_RECONNECT_ATTEMPTS`] failed attempts in a row; while
+//! leases remain the supervisor then starts a new client, so a live link
+//! reconnects for as long as the outage lasts, while a released connection
+//! to an unreachable server ends by itself instead of retrying forever.
 
-use std::collections::HashMap;
+use std::collections::{HashMap, HashSet};
 use std::path::Path;
 use std::str::FromStr;
-use std::sync::Arc;
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::{Arc, Mutex, MutexGuard, PoisonError, Weak};
+use std::time::Duration;
 
 use anyhow::{anyhow, Context as _};
 use async_nats::client::RequestErrorKind;
 use async_nats::connection::State;
-use async_nats::{ConnectOptions, Event, ServerAddr};
+use async_nats::{ClientError, ConnectOptions, Event, ServerAddr, ServerError};
 use bytes::Bytes;
-use tokio::sync::Mutex;
+use tokio::sync::{watch, Notify};
+use tokio_util::sync::{CancellationToken, DropGuard};
+use tokio_util::task::TaskTracker;
 use tracing::{debug, error, info, warn};
 
 use crate::config::{self, Auth, ConnectionSettings, TlsSettings};
@@ -19,101 +31,303 @@ use crate::config::{self, Auth, ConnectionSettings, TlsSettings};
 /// Name the provider's connections carry in the server's connection list.
 const CLIENT_NAME: &str = "wasmcloud-messaging-nats";
 
-/// A NATS client and what it is for.
-#[derive(Debug)]
+/// Failed connection attempts after which a client gives up (see the module
+/// doc). With [`reconnect_delay`] that is about 25 s of trying.
+const MAX_RECONNECT_ATTEMPTS: usize = 10;
+
+/// How long closing a released connection may take to flush what it still
+/// holds before the client is dropped; the server may be unreachable.
+const CLOSE_TIMEOUT: Duration = Duration::from_secs(2);
+
+/// Delay before reconnect attempt `attempt`: at once, then doubling from
+/// 250 ms up to 4 s, as the NATS client's own default does.
+fn reconnect_delay(attempt: usize) -> Duration {
+    match attempt {
+        0 | 1 => Duration::ZERO,
+        n => Duration::from_millis(250u64 << (n - 2).min(4)),
+    }
+}
+
+/// A share of a NATS connection. Clones share it too; the connection closes
+/// when the last lease is gone.
+#[derive(Clone)]
+pub struct Lease(Arc<NatsConnection>);
+
+impl std::ops::Deref for Lease {
+    type Target = NatsConnection;
+
+    fn deref(&self) -> &NatsConnection {
+        &self.0
+    }
+}
+
+/// A NATS connection shared by the links with equal settings.
 pub struct NatsConnection {
-    pub client: async_nats::Client,
     /// Server list without credentials, for logs and errors.
     pub servers: String,
+    current: watch::Receiver<async_nats::Client>,
+    signals: Arc<Signals>,
+    /// Stops the supervisor (which then closes the client) when the last
+    /// lease drops.
+    _supervisor: DropGuard,
+    /// Removes this connection's pool entry when it drops.
+    pool: Weak<PoolEntries>,
+    settings: ConnectionSettings,
+}
+
+/// What the client's event callback learns, for the supervisor, for health
+/// and for naming links in logs.
+#[derive(Default)]
+struct Signals {
+    /// The current client gave up reconnecting.
+    gave_up: Notify,
+    /// Subjects the server refused subscriptions to (permissions), until the
+    /// next reconnect.
+    refused: Mutex<HashSet<String>>,
+    /// Which link subscribed to which subject, to name the link in logs.
+    subscribers: Mutex<HashMap<String, Vec<String>>>,
+    /// One warning per outage; the rest of the attempts are debug lines.
+    outage_reported: AtomicBool,
+}
+
+/// The std locks here are never held across an await or a call that can
+/// panic; a poisoned one still holds consistent data, so it is used as is.
+fn lock<T>(mutex: &Mutex<T>) -> MutexGuard<'_, T> {
+    mutex.lock().unwrap_or_else(PoisonError::into_inner)
 }
 
 impl NatsConnection {
+    /// The current client. Take it per call: it changes when a client that
+    /// gave up reconnecting is replaced.
+    pub fn client(&self) -> async_nats::Client {
+        self.current.borrow().clone()
+    }
+
+    /// A receiver that sees each new client (for resubscribing).
+    pub fn watch_client(&self) -> watch::Receiver<async_nats::Client> {
+        self.current.clone()
+    }
+
     /// True while the client has a live connection to a server.
     pub fn is_connected(&self) -> bool {
-        self.client.connection_state() == State::Connected
+        self.client().connection_state() == State::Connected
+    }
+
+    /// A word for the connection state, for health messages and errors.
+    pub fn state(&self) -> &'static str {
+        match self.client().connection_state() {
+            State::Connected => "connected",
+            State::Disconnected => "disconnected",
+            State::Pending => "not yet connected",
+        }
+    }
+
+    /// The server's `max_payload`, or NATS's default before the first
+    /// connection tells it.
+    pub fn max_payload(&self) -> usize {
+        match self.client().server_info().max_payload {
+            0 => 1024 * 1024,
+            n => n,
+        }
     }
 
     /// Waits until the server has processed everything this client sent
     /// before (subscriptions, unsubscriptions, messages). A flush only empties
     /// the client's buffer; this makes a request to a subject that nobody
     /// serves, which the server answers with "no responders" in order.
+    /// Callers bound it: while disconnected it waits for the reconnect.
     pub async fn round_trip(&self) -> Result<(), async_nats::RequestError> {
-        let nobody = self.client.new_inbox();
-        match self.client.request(nobody, Bytes::new()).await {
+        match self
+            .request(self.client().new_inbox(), Bytes::new(), None)
+            .await
+        {
             Err(err) if err.kind() != RequestErrorKind::NoResponders => Err(err),
             _ => Ok(()),
         }
     }
 
-    /// A word for the connection state, for health messages and errors.
-    pub fn state(&self) -> &'static str {
-        match self.client.connection_state() {
-            State::Connected => "connected",
-            State::Disconnected => "disconnected",
-            State::Pending => "not yet connected",
+    /// Sends a request and waits for its first reply. Each request has an
+    /// inbox subscription of its own, which goes when the future is dropped
+    /// (on the caller's timeout too): the client's shared reply map would
+    /// keep an entry for every request that never got a reply.
+    pub async fn request(
+        &self,
+        subject: String,
+        payload: Bytes,
+        headers: Option<async_nats::HeaderMap>,
+    ) -> Result<async_nats::Message, async_nats::RequestError> {
+        let client = self.client();
+        let mut request = async_nats::Request::new()
+            .payload(payload)
+            .inbox(client.new_inbox())
+            .timeout(None);
+        if let Some(headers) = headers {
+            request = request.headers(headers);
+        }
+        client.send_request(subject, request).await
+    }
+
+    /// Subjects of `subjects` that the server refused to let this connection
+    /// subscribe to.
+    pub fn refused<'a>(&self, subjects: impl Iterator<Item = &'a str>) -> Vec<&'a str> {
+        let refused = lock(&self.signals.refused);
+        subjects.filter(|s| refused.contains(*s)).collect()
+    }
+
+    /// Records that `link` subscribes to `subject`, so that a refusal by the
+    /// server is logged naming the link; undone when the guard drops.
+    pub fn register_subscriber(&self, link: &str, subject: &str) -> SubscriberRecord {
+        lock(&self.signals.subscribers)
+            .entry(subject.to_string())
+            .or_default()
+            .push(link.to_string());
+        SubscriberRecord {
+            signals: Arc::clone(&self.signals),
+            link: link.to_string(),
+            subject: subject.to_string(),
         }
     }
 }
 
-/// Shared connections, counted by the links using them.
-#[derive(Default)]
+/// A link's entry in its connection's subscriber list; see
+/// [`NatsConnection::register_subscriber`].
+pub struct SubscriberRecord {
+    signals: Arc<Signals>,
+    link: String,
+    subject: String,
+}
+
+impl Drop for SubscriberRecord {
+    fn drop(&mut self) {
+        let mut subscribers = lock(&self.signals.subscribers);
+        if let Some(links) = subscribers.get_mut(&self.subject) {
+            if let Some(at) = links.iter().position(|l| *l == self.link) {
+                links.swap_remove(at);
+            }
+            if links.is_empty() {
+                subscribers.remove(&self.subject);
+            }
+        }
+    }
+}
+
+impl Drop for NatsConnection {
+    fn drop(&mut self) {
+        if let Some(entries) = self.pool.upgrade() {
+            let mut entries = lock(&entries.0);
+            // Only this connection's own entry: a new one for the same
+            // settings may already stand there.
+            if entries
+                .get(&self.settings)
+                .is_some_and(|entry| entry.strong_count() == 0)
+            {
+                entries.remove(&self.settings);
+            }
+        }
+    }
+}
+
+struct PoolEntries(Mutex<HashMap<ConnectionSettings, Weak<NatsConnection>>>);
+
+/// The shared connections. Supervisors run on the provider's task tracker,
+/// so that shutdown waits for connections to close.
 pub struct ConnectionPool {
-    entries: Mutex<HashMap<ConnectionSettings, (Arc<NatsConnection>, usize)>>,
+    entries: Arc<PoolEntries>,
+    /// Opening is serialised so that two links with equal settings do not
+    /// both open a connection.
+    opening: tokio::sync::Mutex<()>,
+    tasks: TaskTracker,
 }
 
 impl ConnectionPool {
-    /// Returns the connection for these settings, opening it if no link
-    /// uses one yet. The caller must [`release`](Self::release) it.
-    pub async fn acquire(
-        &self,
-        settings: &ConnectionSettings,
-    ) -> anyhow::Result<Arc<NatsConnection>> {
-        let mut entries = self.entries.lock().await;
-        if let Some((connection, users)) = entries.get_mut(settings) {
-            *users += 1;
-            return Ok(Arc::clone(connection));
-        }
-        let connection = Arc::new(connect(settings).await?);
-        entries.insert(settings.clone(), (Arc::clone(&connection), 1));
-        Ok(connection)
-    }
-
-    /// Gives back a connection; the last user closes it after its pending
-    /// messages are flushed.
-    pub async fn release(&self, settings: &ConnectionSettings) {
-        let mut entries = self.entries.lock().await;
-        let Some((_, users)) = entries.get_mut(settings) else {
-            return;
-        };
-        *users -= 1;
-        if *users > 0 {
-            return;
-        }
-        if let Some((connection, _)) = entries.remove(settings) {
-            close(&connection).await;
+    pub fn new(tasks: TaskTracker) -> Self {
+        Self {
+            entries: Arc::new(PoolEntries(Mutex::default())),
+            opening: tokio::sync::Mutex::default(),
+            tasks,
         }
     }
 
-    /// Closes every connection (provider shutdown).
-    pub async fn close_all(&self) {
-        let drained: Vec<_> = self.entries.lock().await.drain().collect();
-        for (_, (connection, _)) in drained {
-            close(&connection).await;
+    /// A lease on the connection for these settings, opened if no link uses
+    /// one yet. Returns at once: the client connects in the background, and
+    /// a link whose server is down is kept and works once it comes up.
+    pub async fn acquire(&self, settings: &ConnectionSettings) -> anyhow::Result<Lease> {
+        let _opening = self.opening.lock().await;
+        if let Some(existing) = lock(&self.entries.0).get(settings).and_then(Weak::upgrade) {
+            return Ok(Lease(existing));
         }
+        let signals = Arc::new(Signals::default());
+        let client = connect(settings, &signals).await?;
+        let (current, watch) = watch::channel(client);
+        let stop = CancellationToken::new();
+        self.tasks.spawn(supervise(
+            settings.clone(),
+            Arc::clone(&signals),
+            current,
+            stop.clone(),
+        ));
+        let connection = Arc::new(NatsConnection {
+            servers: settings.redacted_servers(),
+            current: watch,
+            signals,
+            _supervisor: stop.drop_guard(),
+            pool: Arc::downgrade(&self.entries),
+            settings: settings.clone(),
+        });
+        lock(&self.entries.0).insert(settings.clone(), Arc::downgrade(&connection));
+        Ok(Lease(connection))
     }
-}
 
-async fn close(connection: &NatsConnection) {
-    debug!(servers = connection.servers, "closing NATS connection");
-    if let Err(err) = connection.client.drain().await {
-        warn!(servers = connection.servers, %err, "failed to drain NATS connection");
+    /// Connections open now (a deleted link leaves none behind).
+    pub fn open_connections(&self) -> usize {
+        lock(&self.entries.0).len()
     }
 }
 
-/// Opens a client. The first connection is made in the background
-/// (`retry_on_initial_connect`), so a link whose server is down is kept and
-/// starts working when the server comes up; health reports it meanwhile.
-async fn connect(settings: &ConnectionSettings) -> anyhow::Result<NatsConnection> {
+/// Keeps a connection's client alive: replaces a client that gave up
+/// reconnecting while the connection is leased; once the last lease drops,
+/// closes the client within [`CLOSE_TIMEOUT`] and ends.
+async fn supervise(
+    settings: ConnectionSettings,
+    signals: Arc<Signals>,
+    current: watch::Sender<async_nats::Client>,
+    stop: CancellationToken,
+) {
+    let servers = settings.redacted_servers();
+    loop {
+        tokio::select! {
+            () = stop.cancelled() => break,
+            () = signals.gave_up.notified() => {
+                warn!(
+                    servers,
+                    attempts = MAX_RECONNECT_ATTEMPTS,
+                    "NATS server still unreachable; starting a new client"
+                );
+                match connect(&settings, &signals).await {
+                    Ok(client) => {
+                        current.send_replace(client);
+                    }
+                    // Settings were valid when the first client was made;
+                    // only the platform (e.g. its CA store) can fail here.
+                    Err(err) => error!(servers, error = %format!("{err:#}"), "cannot start a new NATS client"),
+                }
+            }
+        }
+    }
+    let client = current.borrow().clone();
+    debug!(servers, "closing NATS connection");
+    match tokio::time::timeout(CLOSE_TIMEOUT, client.drain()).await {
+        Ok(Ok(())) => {}
+        Ok(Err(err)) => debug!(servers, %err, "NATS connection closed without draining"),
+        Err(_) => debug!(servers, "NATS connection not drained in time; dropped"),
+    }
+}
+
+/// Opens a client that connects in the background (`retry_on_initial_connect`).
+async fn connect(
+    settings: &ConnectionSettings,
+    signals: &Arc<Signals>,
+) -> anyhow::Result<async_nats::Client> {
     let servers_label = settings.redacted_servers();
     let addrs = settings
         .servers
@@ -159,29 +373,48 @@ async fn connect(settings: &ConnectionSettings) -> anyhow::Result<NatsConnection
     if let Some(interval) = settings.ping_interval {
         options = options.ping_interval(interval);
     }
+    let events = Arc::clone(signals);
     let label = servers_label.clone();
+    let tls_probe = settings.tls.required().then(|| settings.clone());
     options = options
         .name(CLIENT_NAME)
         .connection_timeout(settings.connect_timeout)
         .retry_on_initial_connect()
+        .max_reconnects(MAX_RECONNECT_ATTEMPTS)
+        .reconnect_delay_callback(reconnect_delay)
         .event_callback(move |event| {
+            let events = Arc::clone(&events);
             let servers = label.clone();
-            async move { log_event(&servers, event) }
+            let tls_probe = tls_probe.clone();
+            async move {
+                if on_event(&servers, &events, event) {
+                    if let Some(settings) = tls_probe {
+                        // The client reports a failed TLS handshake only as
+                        // "IO error": find out why, once per outage.
+                        tokio::spawn(explain_tls_failure(settings));
+                    }
+                }
+            }
         });
 
-    let client = options
-        .connect(addrs)
+    // With retry_on_initial_connect this returns once the client is set up;
+    // the bound is for safety, not for the connection itself.
+    tokio::time::timeout(settings.connect_timeout, options.connect(addrs))
         .await
-        .with_context(|| format!("cannot connect to NATS at {servers_label}"))?;
-    Ok(NatsConnection {
-        client,
-        servers: servers_label,
-    })
+        .map_err(|_| anyhow!("NATS client for {servers_label} not set up in time"))?
+        .with_context(|| format!("cannot connect to NATS at {servers_label}"))
 }
 
-fn log_event(servers: &str, event: Event) {
+/// Logs `event` and tells the supervisor what it needs to know. True for
+/// the first failed connection attempt of an outage.
+fn on_event(servers: &str, signals: &Signals, event: Event) -> bool {
     match event {
-        Event::Connected => info!(servers, "NATS connection up"),
+        Event::Connected => {
+            signals.outage_reported.store(false, Ordering::Relaxed);
+            // The server checks permissions again on resubscription.
+            lock(&signals.refused).clear();
+            info!(servers, "NATS connection up");
+        }
         Event::Disconnected => warn!(servers, "NATS connection lost, reconnecting"),
         Event::LameDuckMode => warn!(servers, "NATS server entered lame duck mode"),
         Event::Draining => debug!(servers, "NATS connection draining"),
@@ -190,9 +423,88 @@ fn log_event(servers: &str, event: Event) {
             servers,
             sid, "subscription fell behind: NATS dropped messages for it"
         ),
+        Event::ServerError(ServerError::Other(message)) => match refused_subject(&message) {
+            Some(subject) => {
+                let links = lock(&signals.subscribers)
+                    .get(&subject)
+                    .map(|links| links.join(","))
+                    .unwrap_or_default();
+                error!(
+                    servers,
+                    subject, links, "NATS server refused the subscription (permissions violation)"
+                );
+                lock(&signals.refused).insert(subject);
+            }
+            None => error!(servers, error = message, "NATS server error"),
+        },
         Event::ServerError(err) => error!(servers, %err, "NATS server error"),
-        Event::ClientError(err) => error!(servers, %err, "NATS client error"),
+        Event::ClientError(ClientError::MaxReconnects) => signals.gave_up.notify_one(),
+        Event::ClientError(err) => {
+            if signals.outage_reported.swap(true, Ordering::Relaxed) {
+                debug!(servers, %err, "NATS connection attempt failed");
+            } else {
+                error!(servers, %err, "NATS connection attempt failed; retrying");
+                return true;
+            }
+        }
     }
+    false
+}
+
+/// Logs why a TLS connection to the servers fails, found by a handshake of
+/// its own with the same TLS settings (bounded by the connect timeout).
+async fn explain_tls_failure(settings: ConnectionSettings) {
+    let servers = settings.redacted_servers();
+    let Ok(config) = tls_config(&settings.tls) else {
+        return;
+    };
+    let connector = tokio_rustls::TlsConnector::from(Arc::new(config));
+    for url in &settings.servers {
+        let Ok(addr) = ServerAddr::from_str(url) else {
+            continue;
+        };
+        let (host, port) = (addr.host().to_string(), addr.port());
+        let handshake = async {
+            let mut tcp = tokio::net::TcpStream::connect((host.as_str(), port)).await?;
+            // The server speaks first: one INFO line in plain text, then TLS.
+            read_line(&mut tcp).await?;
+            let name = rustls_pki_types::ServerName::try_from(host.clone())
+                .map_err(|err| std::io::Error::new(std::io::ErrorKind::InvalidInput, err))?;
+            connector.connect(name, tcp).await.map(drop)
+        };
+        match tokio::time::timeout(settings.connect_timeout, handshake).await {
+            Ok(Err(err)) if err.kind() != std::io::ErrorKind::ConnectionRefused => {
+                error!(servers, server = %format!("{host}:{port}"), reason = %err, "TLS connection to the NATS server fails");
+                return;
+            }
+            _ => {}
+        }
+    }
+}
+
+/// Reads up to a newline (at most 64 KiB, the INFO line of a server).
+async fn read_line(tcp: &mut tokio::net::TcpStream) -> std::io::Result<()> {
+    use tokio::io::AsyncReadExt as _;
+    let mut byte = [0u8; 1];
+    for _ in 0..64 * 1024 {
+        if tcp.read(&mut byte).await? == 0 || byte[0] == b'\n' {
+            return Ok(());
+        }
+    }
+    Ok(())
+}
+
+/// The subject of a server error `Permissions Violation for Subscription to
+/// "x"`, if it is one.
+fn refused_subject(message: &str) -> Option<String> {
+    const PREFIX: &str = "permissions violation for subscription to ";
+    let lower = message.to_ascii_lowercase();
+    let at = lower.find(PREFIX)? + PREFIX.len();
+    let rest = message.get(at..)?.trim();
+    let subject = rest.trim_matches(|c| c == '"' || c == '\'');
+    // A queue subscription is reported as `"subject" using queue "q"`.
+    let subject = subject.split('"').next().unwrap_or(subject);
+    (!subject.is_empty()).then(|| subject.to_string())
 }
 
 /// Signs the server's nonce with the seed of a `.creds` file, read now.
@@ -256,4 +568,30 @@ fn tls_config(tls: &TlsSettings) -> anyhow::Result<async_nats::rustls::ClientCon
         }
         None => builder.with_no_client_auth(),
     })
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn refused_subjects_are_read_from_server_errors() {
+        assert_eq!(
+            refused_subject("Permissions Violation for Subscription to \"secret.x\""),
+            Some("secret.x".into())
+        );
+        assert_eq!(
+            refused_subject("permissions violation for subscription to \"a.b\" using queue \"q\""),
+            Some("a.b".into())
+        );
+        assert_eq!(refused_subject("Maximum Payload Violation"), None);
+    }
+
+    #[test]
+    fn reconnect_delays_grow_to_four_seconds() {
+        let delays: Vec<u64> = (1..=8)
+            .map(|n| reconnect_delay(n).as_millis() as u64)
+            .collect();
+        assert_eq!(delays, [0, 250, 500, 1000, 2000, 4000, 4000, 4000]);
+    }
 }

@@ -2,7 +2,6 @@
 //! on the NATS connection of that component's consumer link.
 
 use std::fmt;
-use std::sync::Arc;
 use std::time::Duration;
 
 use async_nats::client::RequestErrorKind;
@@ -10,8 +9,8 @@ use async_nats::HeaderMap;
 use bytes::Bytes;
 use tracing::trace;
 
-use crate::config::{ConnectionSettings, ConsumerSettings};
-use crate::connection::NatsConnection;
+use crate::config::ConsumerSettings;
+use crate::connection::Lease;
 use crate::subject;
 
 /// A message as the WIT interface carries it.
@@ -127,9 +126,8 @@ impl std::error::Error for ConsumerError {}
 
 /// A component's consumer link: the connection it sends on and its limits.
 pub struct ConsumerLink {
-    pub connection: Arc<NatsConnection>,
-    /// The key of `connection` in the pool, to release it on link delete.
-    pub connection_settings: ConnectionSettings,
+    /// Released when the link (and any call still using it) is gone.
+    pub connection: Lease,
     pub settings: ConsumerSettings,
 }
 
@@ -154,7 +152,7 @@ impl ConsumerLink {
         self.check_size(&body, headers.as_ref())?;
         trace!(subject, bytes = body.len(), "publishing");
 
-        let client = &self.connection.client;
+        let client = self.connection.client();
         let send = async {
             match (reply_to, headers) {
                 (None, None) => client.publish(subject.clone(), body).await,
@@ -214,12 +212,10 @@ impl ConsumerLink {
 
         // One timer for the whole exchange (the client's own is switched
         // off), so that a send blocked on a full buffer is bounded too.
-        let mut request = async_nats::Request::new().payload(body).timeout(None);
-        if let Some(headers) = headers {
-            request = request.headers(headers);
-        }
-        let client = &self.connection.client;
-        let reply = tokio::time::timeout(timeout, client.send_request(subject.clone(), request));
+        let reply = tokio::time::timeout(
+            timeout,
+            self.connection.request(subject.clone(), body, headers),
+        );
         match reply.await {
             Ok(Ok(reply)) => Ok(BrokerMessage {
                 subject: reply.subject.to_string(),
@@ -275,7 +271,7 @@ impl ConsumerLink {
     /// Refuses a message the server would refuse: NATS counts headers and
     /// body against `max_payload`. Unknown until first connected (0).
     fn check_size(&self, body: &Bytes, headers: Option<&HeaderMap>) -> Result<(), ConsumerError> {
-        let max_payload = self.connection.client.server_info().max_payload;
+        let max_payload = self.connection.client().server_info().max_payload;
         let size = body.len() + headers.map_or(0, encoded_header_len);
         if max_payload > 0 && size > max_payload {
             return Err(ConsumerError::TooLarge { size, max_payload });

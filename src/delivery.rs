@@ -1,17 +1,20 @@
 //! The delivery path: NATS subscriptions of a handler link, and every message
 //! they receive handed to the linked component's `handle-message`.
 //!
-//! One task per link reads all of the link's subscriptions. It takes the next
-//! message only while fewer than `max_in_flight` deliveries are running, so
-//! a slow component back-pressures the subscription (whose buffer is bounded
-//! by the NATS client) instead of growing the provider's memory.
+//! One task per link reads all of the link's subscriptions as fast as they
+//! deliver, into a queue bounded in bytes and messages, and starts a
+//! delivery whenever fewer than `max_in_flight` are running. A slow
+//! component fills the queue; beyond its bound new messages are dropped and
+//! counted (NATS's own slow-consumer rule, applied per link), so memory stays
+//! bounded and the shared connection keeps being read.
 
-use std::sync::atomic::{AtomicU64, Ordering};
+use std::collections::VecDeque;
+use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::sync::Arc;
 use std::time::Duration;
 
-use anyhow::Context as _;
 use futures::stream::{self, StreamExt as _};
+use tokio::sync::watch;
 use tokio::task::{JoinHandle, JoinSet};
 use tokio::time::Instant;
 use tokio_util::sync::CancellationToken;
@@ -20,27 +23,41 @@ use wasmcloud_provider_sdk::provider::WrpcClient;
 
 use crate::bindings::wasmcloud::messaging::handler;
 use crate::config::{HandlerSettings, Subscription};
-use crate::connection::NatsConnection;
+use crate::connection::{Lease, SubscriberRecord};
 use crate::consumer::BrokerMessage;
 use crate::trace_context;
 
-/// Counters of one handler link, logged when the link goes.
+/// Most messages a link queues while its component is busy; NATS clients
+/// use the same default for one subscription's buffer.
+const MAX_QUEUED_MESSAGES: usize = 65_536;
+/// Most bytes a link queues: room for two rounds of `max_in_flight`
+/// messages of the server's `max_payload`, within these bounds.
+const MIN_QUEUED_BYTES: usize = 8 * 1024 * 1024;
+const MAX_QUEUED_BYTES: usize = 64 * 1024 * 1024;
+
+/// Counters and state of one handler link, for health and the stop log.
 #[derive(Debug, Default)]
-pub struct DeliveryStats {
+pub struct LinkStatus {
     pub delivered: AtomicU64,
     pub handler_errors: AtomicU64,
     pub invoke_failures: AtomicU64,
     pub timeouts: AtomicU64,
+    /// Messages dropped because the link's queue was full.
+    pub dropped: AtomicU64,
+    /// False while the link has no open subscription (all closed by the
+    /// client, waiting for a new connection).
+    pub subscribed: AtomicBool,
 }
 
-impl DeliveryStats {
+impl LinkStatus {
     fn summary(&self) -> String {
         format!(
-            "delivered {}, handler errors {}, failed invocations {}, timeouts {}",
+            "delivered {}, handler errors {}, failed invocations {}, timeouts {}, dropped {}",
             self.delivered.load(Ordering::Relaxed),
             self.handler_errors.load(Ordering::Relaxed),
             self.invoke_failures.load(Ordering::Relaxed),
             self.timeouts.load(Ordering::Relaxed),
+            self.dropped.load(Ordering::Relaxed),
         )
     }
 }
@@ -59,34 +76,38 @@ pub struct Target {
 pub struct Deliveries {
     stop: CancellationToken,
     task: JoinHandle<()>,
-    pub stats: Arc<DeliveryStats>,
+    pub status: Arc<LinkStatus>,
+    pub connection: Lease,
+    pub subscriptions: Vec<Subscription>,
 }
 
 impl Deliveries {
     /// Subscribes to every entry of `settings.subscriptions` and confirms the
-    /// subscriptions with a server round trip (bounded by the connect
-    /// timeout), so that a message published after this returns is delivered.
+    /// subscriptions with a server round trip, all within `connect_timeout`,
+    /// so that a message published after this returns is delivered. An
+    /// unreachable server is not an error: the link starts and subscribes
+    /// once connected; health says so meanwhile.
     pub async fn start(
-        connection: Arc<NatsConnection>,
+        connection: Lease,
         settings: HandlerSettings,
         connect_timeout: Duration,
         target: Target,
     ) -> anyhow::Result<Self> {
-        let client = &connection.client;
-        let mut subscribers = Vec::with_capacity(settings.subscriptions.len());
-        for Subscription {
-            subject,
-            queue_group,
-        } in &settings.subscriptions
-        {
-            let subscriber = match queue_group {
-                Some(queue) => client.queue_subscribe(subject.clone(), queue.clone()).await,
-                None => client.subscribe(subject.clone()).await,
-            }
-            .with_context(|| format!("cannot subscribe to {subject:?}"))?;
-            subscribers.push(subscriber);
-        }
-        match tokio::time::timeout(connect_timeout, connection.round_trip()).await {
+        let link = format!("{}/{}", target.component_id, target.link_name);
+        let records: Vec<SubscriberRecord> = settings
+            .subscriptions
+            .iter()
+            .map(|s| connection.register_subscriber(&link, &s.subject))
+            .collect();
+        let deadline = Instant::now() + connect_timeout;
+        // Marks the client subscribed on as seen, so that only a later one
+        // makes the link subscribe again.
+        let mut clients = connection.watch_client();
+        let client = clients.borrow_and_update().clone();
+        let subscribers = subscribe(&client, &settings.subscriptions, deadline)
+            .await
+            .map_err(|err| anyhow::anyhow!("{err}"))?;
+        match tokio::time::timeout_at(deadline, connection.round_trip()).await {
             Ok(Ok(())) => {}
             Ok(Err(err)) => warn!(%err, "could not confirm subscriptions with the server"),
             Err(_) => warn!(
@@ -96,28 +117,38 @@ impl Deliveries {
             ),
         }
 
-        let stats = Arc::new(DeliveryStats::default());
+        let status = Arc::new(LinkStatus {
+            subscribed: AtomicBool::new(true),
+            ..LinkStatus::default()
+        });
         let stop = CancellationToken::new();
         let span = tracing::info_span!(
             "handler_link",
             component = %target.component_id,
             link_name = %target.link_name
         );
-        let task = tokio::spawn(
-            run(
-                connection,
-                stream::select_all(subscribers),
-                settings,
-                target,
-                Arc::clone(&stats),
-                stop.clone(),
-            )
-            .instrument(span),
-        );
-        Ok(Self { stop, task, stats })
+        let subscriptions = settings.subscriptions.clone();
+        let link = LinkTask {
+            connection: connection.clone(),
+            clients,
+            settings,
+            target,
+            status: Arc::clone(&status),
+            stop: stop.clone(),
+            subscriber_records: records,
+        };
+        let task = tokio::spawn(run(link, subscribers).instrument(span));
+        Ok(Self {
+            stop,
+            task,
+            status,
+            connection,
+            subscriptions,
+        })
     }
 
-    /// Drains the link (see [`run`]). No delivery starts after this returns.
+    /// Drains the link (see [`run`]): resolves once no delivery runs any
+    /// more, within the link's `drain_timeout_ms`.
     pub async fn stop(mut self) {
         self.stop.cancel();
         if let Err(err) = (&mut self.task).await {
@@ -132,48 +163,149 @@ impl Drop for Deliveries {
     }
 }
 
+/// Subscribes to each of `subscriptions`, giving up at `deadline`: while
+/// the client is disconnected its command queue can be full, and a
+/// subscribe then waits for room.
+async fn subscribe(
+    client: &async_nats::Client,
+    subscriptions: &[Subscription],
+    deadline: Instant,
+) -> Result<stream::SelectAll<async_nats::Subscriber>, String> {
+    let all = async {
+        let mut subscribers = Vec::with_capacity(subscriptions.len());
+        for subscription in subscriptions {
+            let subject = subscription.subject.clone();
+            let subscriber = match &subscription.queue_group {
+                Some(queue) => client.queue_subscribe(subject, queue.clone()).await,
+                None => client.subscribe(subject).await,
+            }
+            .map_err(|err| format!("cannot subscribe to {:?}: {err}", subscription.subject))?;
+            subscribers.push(subscriber);
+        }
+        Ok(stream::select_all(subscribers))
+    };
+    tokio::time::timeout_at(deadline, all)
+        .await
+        .map_err(|_| "NATS client too busy to take the subscriptions in time".to_string())?
+}
+
+/// What the delivery task of one link owns.
+struct LinkTask {
+    connection: Lease,
+    /// Sees each new client of the connection, to subscribe again.
+    clients: watch::Receiver<async_nats::Client>,
+    settings: HandlerSettings,
+    target: Target,
+    status: Arc<LinkStatus>,
+    stop: CancellationToken,
+    /// Keeps the link named in its connection's subscriber list.
+    subscriber_records: Vec<SubscriberRecord>,
+}
+
+/// Received messages waiting for a free delivery slot, bounded in count and
+/// bytes.
+struct Queue {
+    messages: VecDeque<async_nats::Message>,
+    bytes: usize,
+    max_bytes: usize,
+}
+
+impl Queue {
+    fn new(max_in_flight: usize, max_payload: usize) -> Self {
+        Self {
+            messages: VecDeque::new(),
+            bytes: 0,
+            max_bytes: (2 * max_in_flight)
+                .saturating_mul(max_payload)
+                .clamp(MIN_QUEUED_BYTES, MAX_QUEUED_BYTES),
+        }
+    }
+
+    fn size(msg: &async_nats::Message) -> usize {
+        msg.length.max(msg.payload.len())
+    }
+
+    /// True if `msg` fits in the queue.
+    fn has_room_for(&self, msg: &async_nats::Message) -> bool {
+        self.messages.len() < MAX_QUEUED_MESSAGES && self.bytes + Self::size(msg) <= self.max_bytes
+    }
+
+    fn push(&mut self, msg: async_nats::Message) {
+        self.bytes += Self::size(&msg);
+        self.messages.push_back(msg);
+    }
+
+    fn pop(&mut self) -> Option<async_nats::Message> {
+        let msg = self.messages.pop_front()?;
+        self.bytes -= Self::size(&msg);
+        if self.messages.is_empty() && self.messages.capacity() > 1024 {
+            // Give the memory of a burst back.
+            self.messages = VecDeque::new();
+        }
+        Some(msg)
+    }
+
+    fn is_empty(&self) -> bool {
+        self.messages.is_empty()
+    }
+}
+
 /// The delivery loop of one handler link, from subscription to drain.
 ///
 /// On stop the link drains as NATS clients do: it withdraws its interest,
 /// confirms that with a server round trip, keeps delivering what arrived
 /// until then, and waits for in-flight calls, all within `drain_timeout`;
-/// whatever is left then is aborted.
-async fn run(
-    connection: Arc<NatsConnection>,
-    mut messages: stream::SelectAll<async_nats::Subscriber>,
-    settings: HandlerSettings,
-    target: Target,
-    stats: Arc<DeliveryStats>,
-    stop: CancellationToken,
-) {
+/// whatever is left then is aborted. When the connection's client is
+/// replaced (see `connection`), the link subscribes again on the new one.
+async fn run(link: LinkTask, mut messages: stream::SelectAll<async_nats::Subscriber>) {
+    let LinkTask {
+        connection,
+        mut clients,
+        settings,
+        target,
+        status,
+        stop,
+        subscriber_records: _records,
+    } = link;
+    let mut queue = Queue::new(settings.max_in_flight, connection.max_payload());
     let mut in_flight = JoinSet::new();
     let mut drain_deadline = None;
     loop {
-        if drain_deadline.is_some() && messages.is_empty() && in_flight.is_empty() {
+        while in_flight.len() < settings.max_in_flight {
+            let Some(msg) = queue.pop() else { break };
+            in_flight.spawn(deliver(
+                msg,
+                target.clone(),
+                settings.handler_timeout,
+                Arc::clone(&status),
+            ));
+        }
+        if drain_deadline.is_some()
+            && messages.is_empty()
+            && queue.is_empty()
+            && in_flight.is_empty()
+        {
             break;
         }
         tokio::select! {
             biased;
             () = stop.cancelled(), if drain_deadline.is_none() => {
-                drain_deadline = Some(Instant::now() + settings.drain_timeout);
-                for subscriber in messages.iter_mut() {
-                    if let Err(err) = subscriber.drain().await {
-                        debug!(%err, "drain request failed; the connection is going away");
-                    }
-                }
+                let deadline = Instant::now() + settings.drain_timeout;
+                drain_deadline = Some(deadline);
+                unsubscribe(&mut messages, deadline).await;
                 // The client ends a draining subscription the next time its
                 // connection task wakes up; the reply to a round trip is that
                 // wake-up, after every message sent before the UNSUB. Not
                 // awaited here: while disconnected it would hold up deliveries.
-                let connection = Arc::clone(&connection);
-                let bound = settings.drain_timeout;
+                let connection = connection.clone();
                 tokio::spawn(async move {
-                    tokio::time::timeout(bound, connection.round_trip()).await
+                    tokio::time::timeout_at(deadline, connection.round_trip()).await
                 });
             }
             () = sleep_until_deadline(drain_deadline) => {
                 warn!(
                     aborted = in_flight.len(),
+                    dropped = queue.messages.len(),
                     drain_timeout_ms = settings.drain_timeout.as_millis() as u64,
                     "deliveries still running after the drain timeout were aborted; \
                      messages not yet delivered were dropped"
@@ -182,25 +314,59 @@ async fn run(
                 break;
             }
             Some(_) = in_flight.join_next(), if !in_flight.is_empty() => {}
-            next = messages.next(), if !messages.is_empty() && in_flight.len() < settings.max_in_flight => {
-                match next {
-                    Some(msg) => {
-                        in_flight.spawn(deliver(
-                            msg,
-                            target.clone(),
-                            settings.handler_timeout,
-                            Arc::clone(&stats),
-                        ));
+            next = messages.next(), if !messages.is_empty() => match next {
+                Some(msg) if queue.has_room_for(&msg) => queue.push(msg),
+                Some(msg) => {
+                    let dropped = status.dropped.fetch_add(1, Ordering::Relaxed) + 1;
+                    // One line per power of two, not one per message.
+                    if dropped.is_power_of_two() {
+                        warn!(
+                            subject = msg.subject.as_str(),
+                            dropped,
+                            "handler link is behind: its queue is full, message dropped"
+                        );
                     }
-                    None if drain_deadline.is_none() => {
-                        warn!("all subscriptions closed by the NATS client");
+                }
+                None if drain_deadline.is_none() => {
+                    status.subscribed.store(false, Ordering::Relaxed);
+                    warn!("all subscriptions closed; waiting for a new NATS connection");
+                }
+                None => {}
+            },
+            changed = clients.changed(), if drain_deadline.is_none() => {
+                if changed.is_err() {
+                    continue;
+                }
+                let client = clients.borrow_and_update().clone();
+                let deadline = Instant::now() + settings.drain_timeout.max(Duration::from_secs(1));
+                match subscribe(&client, &settings.subscriptions, deadline).await {
+                    Ok(resubscribed) => {
+                        info!("subscribed again on a new NATS connection");
+                        messages = resubscribed;
+                        status.subscribed.store(true, Ordering::Relaxed);
                     }
-                    None => {}
+                    Err(err) => warn!(error = err, "cannot subscribe on the new NATS connection"),
                 }
             }
         }
     }
-    info!(stats = stats.summary(), "handler link stopped");
+    info!(stats = status.summary(), "handler link stopped");
+}
+
+/// Withdraws interest in every subscription, within `deadline`: a full
+/// command queue (server unreachable) must not hold the drain up.
+async fn unsubscribe(messages: &mut stream::SelectAll<async_nats::Subscriber>, deadline: Instant) {
+    let all = async {
+        for subscriber in messages.iter_mut() {
+            if let Err(err) = subscriber.drain().await {
+                debug!(%err, "drain request failed; the connection is going away");
+            }
+        }
+    };
+    if tokio::time::timeout_at(deadline, all).await.is_err() {
+        debug!("NATS client too busy to take the unsubscriptions; closing them");
+        *messages = stream::select_all(Vec::new());
+    }
 }
 
 /// Sleeps until the drain deadline, or forever while not draining.
@@ -217,7 +383,7 @@ async fn deliver(
     msg: async_nats::Message,
     target: Target,
     timeout: Duration,
-    stats: Arc<DeliveryStats>,
+    status: Arc<LinkStatus>,
 ) {
     let headers = trace_context::from_message(msg.headers.as_ref());
     let message = BrokerMessage {
@@ -233,14 +399,14 @@ async fn deliver(
     let call = handler::handle_message(&target.wrpc, headers, &message);
     let subject = message.subject.as_str();
     let counter = match tokio::time::timeout(timeout, call).await {
-        Ok(Ok(Ok(()))) => &stats.delivered,
+        Ok(Ok(Ok(()))) => &status.delivered,
         Ok(Ok(Err(error))) => {
             warn!(subject, error, "handle-message returned an error");
-            &stats.handler_errors
+            &status.handler_errors
         }
         Ok(Err(err)) => {
             warn!(subject, error = %format!("{err:#}"), "handle-message invocation failed");
-            &stats.invoke_failures
+            &status.invoke_failures
         }
         Err(_) => {
             warn!(
@@ -248,7 +414,7 @@ async fn deliver(
                 timeout_ms = timeout.as_millis() as u64,
                 "handle-message did not answer in time"
             );
-            &stats.timeouts
+            &status.timeouts
         }
     };
     counter.fetch_add(1, Ordering::Relaxed);

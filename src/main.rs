@@ -51,11 +51,14 @@ fn main() -> std::process::ExitCode {
 async fn run() -> anyhow::Result<()> {
     wasmcloud_provider_sdk::initialize_observability!(PROVIDER_NAME, None::<&str>);
 
+    // Watched before the links the host hands over at start are set up: a
+    // signal that arrives meanwhile is kept and drains them right after.
+    let mut terminate = signal(SignalKind::terminate()).context("cannot watch SIGTERM")?;
+    let mut interrupt = signal(SignalKind::interrupt()).context("cannot watch SIGINT")?;
     let provider = MessagingProvider::default();
     let host_shutdown = run_provider(provider.clone(), PROVIDER_NAME)
         .await
         .context("failed to start the provider")?;
-    let mut terminate = signal(SignalKind::terminate()).context("cannot watch SIGTERM")?;
     let stopped = {
         let provider = provider.clone();
         async move {
@@ -65,7 +68,7 @@ async fn run() -> anyhow::Result<()> {
                     info!("SIGTERM received, draining");
                     provider.shutdown_now().await;
                 }
-                _ = tokio::signal::ctrl_c() => {
+                _ = interrupt.recv() => {
                     info!("SIGINT received, draining");
                     provider.shutdown_now().await;
                 }

@@ -3,12 +3,14 @@
 
 use std::collections::HashMap;
 use std::fmt;
+use std::sync::atomic::Ordering;
 use std::sync::{Arc, PoisonError, RwLock, RwLockReadGuard, RwLockWriteGuard};
+use std::time::Duration;
 
 use anyhow::{anyhow, bail, Context as _};
 use bytes::Bytes;
-use futures::future::join_all;
 use tokio::sync::Mutex;
+use tokio_util::task::TaskTracker;
 use tracing::{debug, error, info, warn};
 use wasmcloud_provider_sdk::{
     get_connection, Context, HealthCheckRequest, HealthCheckResponse, LinkConfig, LinkDeleteInfo,
@@ -16,7 +18,7 @@ use wasmcloud_provider_sdk::{
 };
 
 use crate::bindings::exports::wasmcloud::messaging::consumer;
-use crate::config::{ConnectionSettings, LinkSettings, ProviderDefaults};
+use crate::config::{LinkSettings, ProviderDefaults};
 use crate::connection::{ConnectionPool, NatsConnection};
 use crate::consumer::{BrokerMessage, ConsumerError, ConsumerLink};
 use crate::delivery::{Deliveries, Target};
@@ -39,38 +41,70 @@ impl fmt::Display for LinkKey {
     }
 }
 
-/// A handler link (provider -> component) in service.
-struct HandlerLink {
-    deliveries: Deliveries,
-    connection: Arc<NatsConnection>,
-    connection_settings: ConnectionSettings,
-}
-
 /// The messaging provider. Cheap to clone: clones share one state.
-#[derive(Clone, Default)]
+#[derive(Clone)]
 pub struct MessagingProvider {
     state: Arc<State>,
 }
 
-#[derive(Default)]
+impl Default for MessagingProvider {
+    fn default() -> Self {
+        let tasks = TaskTracker::new();
+        Self {
+            state: Arc::new(State {
+                defaults: RwLock::default(),
+                pool: ConnectionPool::new(tasks.clone()),
+                tasks,
+                handlers: Mutex::default(),
+                consumers: RwLock::default(),
+            }),
+        }
+    }
+}
+
 struct State {
     defaults: RwLock<ProviderDefaults>,
     pool: ConnectionPool,
-    /// Held across a link's start and stop, so that changes to one handler
-    /// link never interleave.
-    handlers: Mutex<HashMap<LinkKey, HandlerLink>>,
+    /// Link stops, drains and connection closes run here, outside the SDK's
+    /// command loop; shutdown waits for them.
+    tasks: TaskTracker,
+    /// Held across a link's start, so that changes to one handler link never
+    /// interleave. Every await under it is bounded by the link's
+    /// `connect_timeout_ms`.
+    handlers: Mutex<HashMap<LinkKey, Deliveries>>,
     consumers: RwLock<HashMap<LinkKey, Arc<ConsumerLink>>>,
 }
 
+/// The longest shutdown waits for links to drain and connections to close:
+/// the largest accepted `drain_timeout_ms`, then the close of connections.
+const SHUTDOWN_TIMEOUT: Duration = Duration::from_secs(65);
+
 impl MessagingProvider {
     /// Stops every link: handler links drain (concurrently, each within its
-    /// drain timeout), then all connections are closed.
+    /// drain timeout), consumer links go, and connections close; returns
+    /// once all of that is done or after [`SHUTDOWN_TIMEOUT`].
     pub async fn shutdown_now(&self) {
         let handlers: Vec<_> = self.state.handlers.lock().await.drain().collect();
-        join_all(handlers.into_iter().map(|(_, link)| link.deliveries.stop())).await;
+        for (_, link) in handlers {
+            self.state.tasks.spawn(link.stop());
+        }
         self.write_consumers().clear();
-        self.state.pool.close_all().await;
+        self.state.tasks.close();
+        if tokio::time::timeout(SHUTDOWN_TIMEOUT, self.state.tasks.wait())
+            .await
+            .is_err()
+        {
+            warn!(
+                running = self.state.tasks.len(),
+                "links and connections still closing after the shutdown timeout"
+            );
+        }
         info!("all links stopped");
+    }
+
+    /// Connections open now; links share them.
+    pub fn open_connections(&self) -> usize {
+        self.state.pool.open_connections()
     }
 
     // The std locks below are never held across an await or a panic-prone
@@ -81,9 +115,9 @@ impl MessagingProvider {
         defaults.unwrap_or_else(PoisonError::into_inner).clone()
     }
 
-    fn set_defaults(&self, defaults: ProviderDefaults) {
-        let current = self.state.defaults.write();
-        *current.unwrap_or_else(PoisonError::into_inner) = defaults;
+    fn write_defaults(&self) -> RwLockWriteGuard<'_, ProviderDefaults> {
+        let defaults = self.state.defaults.write();
+        defaults.unwrap_or_else(PoisonError::into_inner)
     }
 
     fn read_consumers(&self) -> RwLockReadGuard<'_, HashMap<LinkKey, Arc<ConsumerLink>>> {
@@ -123,6 +157,9 @@ impl MessagingProvider {
         })
     }
 
+    /// Starts a handler link. A link that replaces another starts first; the
+    /// old one drains in the background only once the new one runs, and
+    /// stays if the new one fails.
     async fn start_handler_link(&self, link: LinkConfig<'_>) -> anyhow::Result<()> {
         let key = LinkKey {
             component_id: link.target_id.to_string(),
@@ -135,15 +172,11 @@ impl MessagingProvider {
         }
 
         let mut handlers = self.state.handlers.lock().await;
-        if let Some(old) = handlers.remove(&key) {
-            info!(link = %key, "replacing handler link");
-            self.stop_handler_link(old).await;
-        }
         let connection = self.state.pool.acquire(&settings.connection).await?;
         let wrpc = get_connection()
             .get_wrpc_client_custom(&key.component_id, Some(settings.handler.handler_timeout))
             .await
-            .context("cannot create the wRPC client for the component")?;
+            .with_context(|| format!("link {key} rejected: cannot create the wRPC client"))?;
         let target = Target {
             component_id: key.component_id.as_str().into(),
             link_name: key.link_name.as_str().into(),
@@ -156,36 +189,21 @@ impl MessagingProvider {
             .map(ToString::to_string)
             .collect::<Vec<_>>()
             .join(",");
-        let started = Deliveries::start(
-            Arc::clone(&connection),
+        let servers = connection.servers.clone();
+        let deliveries = Deliveries::start(
+            connection,
             settings.handler,
             settings.connection.connect_timeout,
             target,
         )
-        .await;
-        match started {
-            Ok(deliveries) => {
-                info!(link = %key, subscriptions, servers = connection.servers, "handler link ready");
-                handlers.insert(
-                    key,
-                    HandlerLink {
-                        deliveries,
-                        connection,
-                        connection_settings: settings.connection,
-                    },
-                );
-                Ok(())
-            }
-            Err(err) => {
-                self.state.pool.release(&settings.connection).await;
-                Err(err.context(format!("link {key} rejected")))
-            }
+        .await
+        .with_context(|| format!("link {key} rejected"))?;
+        info!(link = %key, subscriptions, servers, "handler link ready");
+        if let Some(old) = handlers.insert(key.clone(), deliveries) {
+            info!(link = %key, "replaced handler link draining");
+            self.state.tasks.spawn(old.stop());
         }
-    }
-
-    async fn stop_handler_link(&self, link: HandlerLink) {
-        link.deliveries.stop().await;
-        self.state.pool.release(&link.connection_settings).await;
+        Ok(())
     }
 
     async fn start_consumer_link(&self, link: LinkConfig<'_>) -> anyhow::Result<()> {
@@ -199,13 +217,10 @@ impl MessagingProvider {
         let servers = connection.servers.clone();
         let consumer = Arc::new(ConsumerLink {
             connection,
-            connection_settings: settings.connection,
             settings: settings.consumer,
         });
-        let replaced = self.write_consumers().insert(key.clone(), consumer);
-        if let Some(old) = replaced {
-            self.state.pool.release(&old.connection_settings).await;
-        }
+        // The replaced link's connection lease goes with it.
+        self.write_consumers().insert(key.clone(), consumer);
         info!(link = %key, servers, "consumer link ready");
         Ok(())
     }
@@ -229,6 +244,17 @@ fn check_interface(link: &LinkConfig<'_>, interface: &str) -> anyhow::Result<()>
     Ok(())
 }
 
+/// A link's connection problem, for health.
+fn connection_problem(kind: &str, key: &LinkKey, connection: &NatsConnection) -> Option<String> {
+    (!connection.is_connected()).then(|| {
+        format!(
+            "{kind} link {key}: NATS at {} is {}",
+            connection.servers,
+            connection.state()
+        )
+    })
+}
+
 /// Logs a rejected link with its reason; the SDK only logs that it failed.
 fn log_rejection(result: anyhow::Result<()>) -> anyhow::Result<()> {
     if let Err(err) = &result {
@@ -243,16 +269,18 @@ impl Provider for MessagingProvider {
         if let Err(err) = defaults.check() {
             error!(error = %err, "provider config is invalid; links that do not override it will be rejected");
         }
-        self.set_defaults(defaults);
+        *self.write_defaults() = defaults;
         Ok(())
     }
 
     async fn on_config_update(&self, update: impl ProviderConfigUpdate) -> anyhow::Result<()> {
-        let defaults = ProviderDefaults::new(update.get_values(), &HashMap::new());
+        let mut defaults = self.write_defaults();
+        // Secrets are not part of an update: the provider's secrets stay.
+        defaults.update_config(update.get_values());
         if let Err(err) = defaults.check() {
             error!(error = %err, "updated provider config is invalid");
         }
-        self.set_defaults(defaults);
+        drop(defaults);
         info!("provider config updated; it applies to links put from now on");
         Ok(())
     }
@@ -270,9 +298,11 @@ impl Provider for MessagingProvider {
             component_id: info.get_target_id().to_string(),
             link_name: info.get_link_name().to_string(),
         };
-        let mut handlers = self.state.handlers.lock().await;
-        if let Some(link) = handlers.remove(&key) {
-            self.stop_handler_link(link).await;
+        let removed = self.state.handlers.lock().await.remove(&key);
+        if let Some(link) = removed {
+            // Drains in the background: the host's other calls are not held
+            // up for up to the link's drain timeout.
+            self.state.tasks.spawn(link.stop());
             info!(link = %key, "handler link deleted");
         }
         Ok(())
@@ -283,41 +313,39 @@ impl Provider for MessagingProvider {
             component_id: info.get_source_id().to_string(),
             link_name: info.get_link_name().to_string(),
         };
-        let removed = self.write_consumers().remove(&key);
-        if let Some(link) = removed {
-            self.state.pool.release(&link.connection_settings).await;
+        if self.write_consumers().remove(&key).is_some() {
             info!(link = %key, "consumer link deleted");
         }
         Ok(())
     }
 
+    /// Reads state only; never waits on a NATS server.
     async fn health_request(&self, _: &HealthCheckRequest) -> anyhow::Result<HealthCheckResponse> {
         let handlers = self.state.handlers.lock().await;
         let consumers = self.read_consumers();
-        let links = handlers
-            .iter()
-            .map(|(key, link)| ("handler", key, link.connection.as_ref()))
-            .chain(
-                consumers
-                    .iter()
-                    .map(|(key, link)| ("consumer", key, link.connection.as_ref())),
-            );
-        let down: Vec<String> = links
-            .filter(|(_, _, connection)| !connection.is_connected())
-            .map(|(kind, key, connection)| {
-                format!(
-                    "{kind} link {key}: NATS at {} is {}",
-                    connection.servers,
-                    connection.state()
-                )
-            })
-            .collect();
+        let mut problems = Vec::new();
+        for (key, link) in handlers.iter() {
+            problems.extend(connection_problem("handler", key, &link.connection));
+            let subjects = link.subscriptions.iter().map(|s| s.subject.as_str());
+            for subject in link.connection.refused(subjects) {
+                problems.push(format!(
+                    "handler link {key}: NATS server refused the subscription to {subject:?} \
+                     (permissions violation)"
+                ));
+            }
+            if link.connection.is_connected() && !link.status.subscribed.load(Ordering::Relaxed) {
+                problems.push(format!("handler link {key}: no open subscription"));
+            }
+        }
+        for (key, link) in consumers.iter() {
+            problems.extend(connection_problem("consumer", key, &link.connection));
+        }
         let counts = format!(
             "{} handler links, {} consumer links",
             handlers.len(),
             consumers.len()
         );
-        Ok(if down.is_empty() {
+        Ok(if problems.is_empty() {
             HealthCheckResponse {
                 healthy: true,
                 message: Some(format!("{counts}; all NATS connections up")),
@@ -325,7 +353,7 @@ impl Provider for MessagingProvider {
         } else {
             HealthCheckResponse {
                 healthy: false,
-                message: Some(format!("{counts}; {}", down.join("; "))),
+                message: Some(format!("{counts}; {}", problems.join("; "))),
             }
         })
     }

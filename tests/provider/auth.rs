@@ -4,7 +4,7 @@
 
 use std::time::{Duration, Instant};
 
-use crate::support::credentials::{Operator, ServerConnection, TestPki};
+use crate::support::credentials::{authenticated_connections, Operator, ServerConnection, TestPki};
 use crate::support::{message, next_message, Behaviour, Lattice, Link, NatsServer, WAIT};
 
 /// Name the provider's connections carry in the server's connection list.
@@ -309,7 +309,7 @@ async fn credentials_file_of_another_operator_fails_that_link_only_and_is_never_
 async fn provider_connection(data: &NatsServer) -> ServerConnection {
     let deadline = Instant::now() + WAIT;
     loop {
-        let connections = data.authenticated_connections();
+        let connections = authenticated_connections(data);
         if let Some(c) = connections.iter().find(|c| c.name == PROVIDER_CONNECTION) {
             return c.clone();
         }
@@ -381,7 +381,7 @@ async fn rotated_credentials_file_is_used_at_the_next_reconnect() {
 }
 
 fn tls_url(data: &NatsServer) -> String {
-    format!("tls://127.0.0.1:{}", data.port)
+    format!("tls://127.0.0.1:{}", data.port())
 }
 
 #[tokio::test]
@@ -425,7 +425,13 @@ async fn tls_server_of_another_ca_fails_that_link_only_naming_the_certificate() 
         &[("cluster_uris", &tls_url(&data)), ("tls_ca", &other.ca_pem)],
     );
 
-    assert_fails_that_link_only(bad, &[], "reporting the TLS failure", names_tls(data.port)).await;
+    assert_fails_that_link_only(
+        bad,
+        &[],
+        "reporting the TLS failure",
+        names_tls(data.port()),
+    )
+    .await;
 }
 
 #[tokio::test]
@@ -479,7 +485,7 @@ async fn missing_client_certificate_fails_that_link_only() {
         bad,
         &[],
         "reporting the connection failure",
-        names_server_error(data.port),
+        names_server_error(data.port()),
     )
     .await;
 }
@@ -503,7 +509,7 @@ async fn client_certificate_of_another_ca_fails_that_link_only_and_key_is_never_
         bad,
         &[&other.client.key_pem],
         "reporting the connection failure",
-        names_server_error(data.port),
+        names_server_error(data.port()),
     )
     .await;
 }

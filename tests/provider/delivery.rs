@@ -289,6 +289,11 @@ async fn drain_timeout_aborts_deliveries_that_outlast_it() {
 
     provider.delete_link(&link).await;
 
+    // The delete is answered at once; the drain ends in the background.
+    provider
+        .logs
+        .wait_for(0, "the drain timing out", |l| l.contains("were aborted"))
+        .await;
     let aborted = provider
         .logs
         .count(|l| l.contains("were aborted") && l.contains("aborted=1"));

@@ -2,7 +2,7 @@
 
 use std::time::Duration;
 
-use crate::support::{Behaviour, Lattice, Link, NatsServer};
+use crate::support::{Behaviour, Lattice, Link, NatsServer, ServerExt as _};
 
 #[tokio::test]
 async fn shutdown_request_exits_zero() {

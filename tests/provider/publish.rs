@@ -2,7 +2,9 @@
 
 use std::time::Duration;
 
-use crate::support::{message, next_message, Behaviour, ConsumerSetup, Lattice, Link, NatsServer};
+use crate::support::{
+    message, next_message, Behaviour, ConsumerSetup, Lattice, Link, NatsServer, ServerExt as _,
+};
 
 #[tokio::test]
 async fn publish_arrives_with_reply_to() {

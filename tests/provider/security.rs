@@ -18,15 +18,13 @@ use crate::support::{
 /// The id of the provider's one connection to `server`; panics unless there
 /// is exactly one.
 fn provider_connection_id(server: &NatsServer) -> u64 {
-    let connz = server.connz();
-    let ids: Vec<u64> = connz["connections"]
-        .as_array()
-        .into_iter()
-        .flatten()
+    let connections = server.connections();
+    let ids: Vec<u64> = connections
+        .iter()
         .filter(|c| c["name"] == "wasmcloud-messaging-nats")
         .filter_map(|c| c["cid"].as_u64())
         .collect();
-    assert_eq!(ids.len(), 1, "provider connections: {connz}");
+    assert_eq!(ids.len(), 1, "provider connections: {connections:?}");
     ids[0]
 }
 
@@ -303,7 +301,7 @@ async fn no_secret_is_printed_at_trace_level() {
                     "cluster_uris",
                     &format!(
                         "nats://bob:url-S3CR3T-userinfo@127.0.0.1:{},",
-                        with_token.port
+                        with_token.port()
                     ),
                 ),
                 quick[0],
@@ -315,7 +313,7 @@ async fn no_secret_is_printed_at_trace_level() {
             &[
                 (
                     "cluster_uris",
-                    &format!("nats://bob:p@ss-S3CR3T-at@127.0.0.1:{}", with_token.port),
+                    &format!("nats://bob:p@ss-S3CR3T-at@127.0.0.1:{}", with_token.port()),
                 ),
                 quick[0],
             ],

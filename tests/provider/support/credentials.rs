@@ -1,7 +1,6 @@
 //! Credentials made by the tests themselves: operator-mode JWTs, `.creds`
 //! files and a TLS CA with server and client certificates.
 
-use std::io::{Read as _, Write as _};
 use std::path::{Path, PathBuf};
 use std::sync::atomic::{AtomicUsize, Ordering};
 use std::time::{SystemTime, UNIX_EPOCH};
@@ -194,33 +193,18 @@ pub struct ServerConnection {
     pub account: String,
 }
 
-impl NatsServer {
-    /// The client connections the server has, with their authentication.
-    pub fn authenticated_connections(&self) -> Vec<ServerConnection> {
-        let mut stream =
-            std::net::TcpStream::connect(("127.0.0.1", self.monitor_port)).expect("monitor port");
-        stream
-            .write_all(b"GET /connz?auth=1 HTTP/1.0\r\nHost: 127.0.0.1\r\n\r\n")
-            .expect("send /connz");
-        let mut response = String::new();
-        stream.read_to_string(&mut response).expect("read /connz");
-        let body = response.split("\r\n\r\n").nth(1).unwrap_or_default();
-        let connz: Value = serde_json::from_str(body).expect("/connz json");
-        let field = |c: &Value, key: &str| c[key].as_str().unwrap_or_default().to_string();
-        connz["connections"]
-            .as_array()
-            .map(|conns| {
-                conns
-                    .iter()
-                    .map(|c| ServerConnection {
-                        name: field(c, "name"),
-                        authorized_user: field(c, "authorized_user"),
-                        account: field(c, "account"),
-                    })
-                    .collect()
-            })
-            .unwrap_or_default()
-    }
+/// The client connections `server` has, with their authentication.
+pub fn authenticated_connections(server: &NatsServer) -> Vec<ServerConnection> {
+    let field = |c: &Value, key: &str| c[key].as_str().unwrap_or_default().to_string();
+    server
+        .connections()
+        .iter()
+        .map(|c| ServerConnection {
+            name: field(c, "name"),
+            authorized_user: field(c, "authorized_user"),
+            account: field(c, "account"),
+        })
+        .collect()
 }
 
 /// A certificate and its key, as PEM text and as files.
@@ -324,7 +308,7 @@ impl TestPki {
             .require_tls(true)
             .add_root_certificates(self.ca_file.clone())
             .add_client_certificate(self.client.cert_file.clone(), self.client.key_file.clone())
-            .connect(format!("tls://127.0.0.1:{}", server.port))
+            .connect(format!("tls://127.0.0.1:{}", server.port()))
             .await
             .expect("connect with TLS")
     }

@@ -1,0 +1,535 @@
+//! The host's side: the provider process started with the stdin
+//! handshake, links put and deleted, health, config updates and shutdown.
+
+use std::collections::HashMap;
+use std::io::{BufRead as _, BufReader, Write as _};
+use std::process::{Child, Command, ExitStatus, Stdio};
+use std::sync::atomic::{AtomicUsize, Ordering};
+use std::sync::{Arc, Mutex};
+use std::time::{Duration, Instant};
+
+use anyhow::Context as _;
+use base64::Engine as _;
+use bytes::Bytes;
+use wasmcloud_provider_sdk::core::secrets::SecretValue;
+use wasmcloud_provider_sdk::core::{HostData, InterfaceLinkDefinition};
+
+use super::component::{Behaviour, Component};
+use super::server::{NatsServer, ServerExt as _};
+use super::WAIT;
+
+/// Output lines of a provider process, shared with the reader threads.
+#[derive(Clone, Default)]
+pub struct Logs(Arc<Mutex<Vec<String>>>);
+
+impl Logs {
+    fn push(&self, line: String) {
+        if let Ok(mut lines) = self.0.lock() {
+            lines.push(line);
+        }
+    }
+
+    pub fn lines(&self) -> Vec<String> {
+        self.0.lock().map(|l| l.clone()).unwrap_or_default()
+    }
+
+    pub fn count(&self, pred: impl Fn(&str) -> bool) -> usize {
+        self.lines().iter().filter(|l| pred(l)).count()
+    }
+
+    pub fn len(&self) -> usize {
+        self.0.lock().map(|l| l.len()).unwrap_or_default()
+    }
+
+    /// Waits until a line from index `from` on satisfies `pred`, and
+    /// returns it.
+    pub async fn wait_for(&self, from: usize, what: &str, pred: impl Fn(&str) -> bool) -> String {
+        let deadline = Instant::now() + WAIT;
+        loop {
+            if let Some(line) = self.lines().into_iter().skip(from).find(|l| pred(l)) {
+                return line;
+            }
+            if Instant::now() > deadline {
+                panic!(
+                    "no log line {what} within {WAIT:?}; output:\n{}",
+                    self.lines().join("\n")
+                );
+            }
+            tokio::time::sleep(Duration::from_millis(20)).await;
+        }
+    }
+}
+
+/// The lattice side of a test: its NATS server, lattice name and xkeys.
+pub struct Lattice {
+    pub nats: NatsServer,
+    pub name: String,
+    pub client: async_nats::Client,
+    host_xkey: nkeys::XKey,
+}
+
+static LATTICES: AtomicUsize = AtomicUsize::new(0);
+
+impl Lattice {
+    pub async fn start() -> Self {
+        Self::on(NatsServer::start()).await
+    }
+
+    pub async fn on(nats: NatsServer) -> Self {
+        let name = format!(
+            "test{}-{}",
+            std::process::id(),
+            LATTICES.fetch_add(1, Ordering::Relaxed)
+        );
+        let client = nats.client().await;
+        Self {
+            nats,
+            name,
+            client,
+            host_xkey: nkeys::XKey::new(),
+        }
+    }
+
+    /// Starts the provider with provider-level config pointing links at
+    /// this lattice's server unless `config` says otherwise.
+    pub async fn provider(&self, config: &[(&str, &str)]) -> Provider {
+        self.provider_with_key("messaging-nats-test", config).await
+    }
+
+    pub async fn provider_with_key(&self, key: &str, config: &[(&str, &str)]) -> Provider {
+        self.provider_with(ProviderOptions {
+            key: key.to_string(),
+            config: pairs(config),
+            ..ProviderOptions::default()
+        })
+        .await
+    }
+
+    /// Starts the provider as `options` say; `cluster_uris` defaults to this
+    /// lattice's server.
+    pub async fn provider_with(&self, mut options: ProviderOptions) -> Provider {
+        options
+            .config
+            .entry("cluster_uris".to_string())
+            .or_insert_with(|| self.nats.url());
+        Provider::start(self, options).await
+    }
+
+    /// Publishes bodies "0", "1", ... "n-1" to `subject`, in order.
+    pub async fn publish_numbered(&self, subject: &str, n: usize) {
+        for i in 0..n {
+            self.client
+                .publish(subject.to_string(), i.to_string().into())
+                .await
+                .expect("publish");
+        }
+        self.client.flush().await.expect("flush");
+    }
+
+    /// Plays a component: serves `handler` under `id` on this lattice.
+    pub async fn component(&self, id: &str, behaviour: Behaviour) -> Component {
+        Component::start(self, id, behaviour).await
+    }
+}
+
+/// How a test starts the provider process.
+pub struct ProviderOptions {
+    pub key: String,
+    /// Provider-level config (named config merged by the host).
+    pub config: HashMap<String, String>,
+    /// Provider-level secrets, as the host hands them over.
+    pub secrets: HashMap<String, SecretValue>,
+    /// The host's log level for the provider.
+    pub log_level: wasmcloud_provider_sdk::core::logging::Level,
+    /// `RUST_LOG` for the process (unset: inherited).
+    pub rust_log: Option<String>,
+    /// Links that exist already, handed over in the start-up handshake.
+    pub links: Vec<Link>,
+}
+
+impl Default for ProviderOptions {
+    fn default() -> Self {
+        Self {
+            key: "messaging-nats-test".to_string(),
+            config: HashMap::new(),
+            secrets: HashMap::new(),
+            log_level: wasmcloud_provider_sdk::core::logging::Level::Debug,
+            rust_log: None,
+            links: Vec::new(),
+        }
+    }
+}
+
+/// Owned key/value pairs from a test's literal list.
+pub fn pairs(list: &[(&str, &str)]) -> HashMap<String, String> {
+    list.iter()
+        .map(|(k, v)| (k.to_string(), v.to_string()))
+        .collect()
+}
+
+/// A running provider process.
+pub struct Provider {
+    pub key: String,
+    pub host_id: String,
+    pub logs: Logs,
+    link_put_id: String,
+    provider_xkey_public: nkeys::XKey,
+    host_xkey: nkeys::XKey,
+    lattice: String,
+    client: async_nats::Client,
+    child: Child,
+}
+
+impl Provider {
+    async fn start(lattice: &Lattice, options: ProviderOptions) -> Self {
+        let provider = Self::launch(lattice, options);
+        provider.wait_ready().await;
+        provider
+    }
+
+    /// Starts the process without waiting for it to answer health (it may
+    /// still be setting up the links it was started with).
+    pub fn launch(lattice: &Lattice, options: ProviderOptions) -> Self {
+        let ProviderOptions {
+            key,
+            config,
+            secrets,
+            log_level,
+            rust_log,
+            links,
+        } = options;
+        let provider_xkey = nkeys::XKey::new();
+        let provider_xkey_public =
+            nkeys::XKey::from_public_key(&provider_xkey.public_key()).expect("public xkey");
+        let link_definitions = links
+            .iter()
+            .map(|link| link.definition_with(&key, &lattice.host_xkey, &provider_xkey_public))
+            .collect();
+        let host_id = nkeys::KeyPair::new_server().public_key();
+        let host_data = HostData {
+            host_id: host_id.clone(),
+            lattice_rpc_prefix: lattice.name.clone(),
+            lattice_rpc_url: lattice.nats.url(),
+            provider_key: key.clone(),
+            instance_id: format!("{key}-instance"),
+            link_name: "default".into(),
+            config,
+            secrets,
+            host_xkey_public_key: lattice.host_xkey.public_key(),
+            provider_xkey_private_key: provider_xkey.seed().expect("xkey seed"),
+            log_level: Some(log_level),
+            link_definitions,
+            ..Default::default()
+        };
+        let json = serde_json::to_vec(&host_data).expect("host data json");
+        let line = format!(
+            "{}\r\n",
+            base64::engine::general_purpose::STANDARD.encode(json)
+        );
+        let (child, logs) = spawn_provider(line.as_bytes(), rust_log.as_deref());
+
+        Self {
+            key: key.clone(),
+            host_id,
+            logs,
+            link_put_id: provider_xkey.public_key(),
+            provider_xkey_public,
+            host_xkey: nkeys::XKey::from_seed(&lattice.host_xkey.seed().expect("seed"))
+                .expect("host xkey"),
+            lattice: lattice.name.clone(),
+            client: lattice.client.clone(),
+            child,
+        }
+    }
+
+    /// The provider is ready once it answers a health request.
+    async fn wait_ready(&self) {
+        let deadline = Instant::now() + WAIT;
+        while self.health().await.is_err() {
+            assert!(
+                Instant::now() < deadline,
+                "provider did not answer health; output:\n{}",
+                self.logs.lines().join("\n")
+            );
+            tokio::time::sleep(Duration::from_millis(50)).await;
+        }
+    }
+
+    /// Sends a health request; returns (healthy, message).
+    pub async fn health(&self) -> anyhow::Result<(bool, String)> {
+        let subject = format!("wasmbus.rpc.{}.{}.health", self.lattice, self.key);
+        let reply = tokio::time::timeout(
+            Duration::from_secs(1),
+            self.client.request(subject, Bytes::from_static(b"{}")),
+        )
+        .await
+        .context("health timed out")??;
+        let v: serde_json::Value = serde_json::from_slice(&reply.payload)?;
+        Ok((
+            v["healthy"].as_bool().unwrap_or(false),
+            v["message"].as_str().unwrap_or_default().to_string(),
+        ))
+    }
+
+    /// Puts a link and waits until the provider has taken it (or refused it).
+    pub async fn put_link(&self, link: &Link) -> String {
+        let from = self.logs.len();
+        let ld = link.definition(self);
+        let subject = format!(
+            "wasmbus.rpc.{}.{}.linkdefs.put",
+            self.lattice, self.link_put_id
+        );
+        self.client
+            .publish(subject, serde_json::to_vec(&ld).expect("link json").into())
+            .await
+            .expect("publish link put");
+        let marker = format!("link={}/{}", link.component, link.name);
+        self.logs
+            .wait_for(from, "confirming the link", |line| {
+                (line.contains("link ready") && line.contains(&marker))
+                    || line.contains("link rejected")
+            })
+            .await
+    }
+
+    /// Deletes a link and waits until the provider has handled it.
+    pub async fn delete_link(&self, link: &Link) {
+        let from = self.logs.len();
+        let ld = link.definition(self);
+        let subject = format!("wasmbus.rpc.{}.{}.linkdefs.del", self.lattice, self.key);
+        self.client
+            .publish(subject, serde_json::to_vec(&ld).expect("link json").into())
+            .await
+            .expect("publish link del");
+        let marker = format!("link={}/{}", link.component, link.name);
+        self.logs
+            .wait_for(from, "confirming the delete", |l| {
+                l.contains("link deleted") && l.contains(&marker)
+            })
+            .await;
+    }
+
+    /// Sends a provider config update, as the host does when named config
+    /// of the provider changes, and waits until it is applied.
+    pub async fn update_config(&self, config: &[(&str, &str)]) {
+        let from = self.logs.len();
+        let map: HashMap<&str, &str> = config.iter().copied().collect();
+        let subject = format!("wasmbus.rpc.{}.{}.config.update", self.lattice, self.key);
+        self.client
+            .publish(
+                subject,
+                serde_json::to_vec(&map).expect("config json").into(),
+            )
+            .await
+            .expect("publish config update");
+        self.logs
+            .wait_for(from, "confirming the config update", |l| {
+                l.contains("provider config updated")
+            })
+            .await;
+    }
+
+    /// Asks the provider to shut down, as the host does, and waits for the
+    /// process to exit.
+    pub async fn shutdown(mut self) -> ExitStatus {
+        let subject = format!("wasmbus.rpc.{}.{}.default.shutdown", self.lattice, self.key);
+        let body = serde_json::json!({ "host_id": self.host_id }).to_string();
+        let _ = tokio::time::timeout(WAIT, self.client.request(subject, body.into())).await;
+        self.wait_exit().await
+    }
+
+    /// Resident memory of the process, in KiB (from /proc).
+    pub fn rss_kib(&self) -> u64 {
+        let status = std::fs::read_to_string(format!("/proc/{}/status", self.child.id()))
+            .expect("provider /proc status");
+        status
+            .lines()
+            .find_map(|line| line.strip_prefix("VmRSS:"))
+            .and_then(|v| v.trim().trim_end_matches("kB").trim().parse().ok())
+            .expect("VmRSS")
+    }
+
+    /// Sends a signal to the process without waiting.
+    pub fn send_signal(&self, signal: &str) {
+        Command::new("kill")
+            .args([&format!("-{signal}"), &self.child.id().to_string()])
+            .status()
+            .expect("kill");
+    }
+
+    /// Sends a signal to the process and waits for it to exit.
+    pub async fn signal(mut self, signal: &str) -> ExitStatus {
+        self.send_signal(signal);
+        self.wait_exit().await
+    }
+
+    /// Waits for the process to exit (within the wait).
+    pub async fn wait_exit(&mut self) -> ExitStatus {
+        let deadline = Instant::now() + WAIT;
+        loop {
+            if let Some(status) = self.child.try_wait().expect("wait provider") {
+                return status;
+            }
+            assert!(Instant::now() < deadline, "provider did not exit");
+            tokio::time::sleep(Duration::from_millis(20)).await;
+        }
+    }
+}
+
+/// Starts the provider binary with `stdin` as its standard input and
+/// collects every line it prints, stdout and stderr alike.
+pub fn spawn_provider(stdin: &[u8], rust_log: Option<&str>) -> (Child, Logs) {
+    let mut command = Command::new(env!("CARGO_BIN_EXE_messaging-nats"));
+    if let Some(filter) = rust_log {
+        command.env("RUST_LOG", filter);
+    }
+    let mut child = command
+        .stdin(Stdio::piped())
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped())
+        .spawn()
+        .expect("start provider");
+    let mut input = child.stdin.take().expect("stdin");
+    input.write_all(stdin).expect("write host data");
+    drop(input);
+
+    let logs = Logs::default();
+    let stdout = child.stdout.take().expect("stdout");
+    let stderr = child.stderr.take().expect("stderr");
+    for stream in [
+        Box::new(stdout) as Box<dyn std::io::Read + Send>,
+        Box::new(stderr),
+    ] {
+        let logs = logs.clone();
+        std::thread::spawn(move || {
+            for line in BufReader::new(stream).lines().map_while(Result::ok) {
+                logs.push(line);
+            }
+        });
+    }
+    (child, logs)
+}
+
+impl Drop for Provider {
+    fn drop(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+}
+
+/// Which way a link points, seen from the component.
+#[derive(Clone, Copy, PartialEq, Eq)]
+pub enum Direction {
+    /// Provider -> component, interface `handler`.
+    Handler,
+    /// Component -> provider, interface `consumer`.
+    Consumer,
+}
+
+/// A link between the provider and a component.
+#[derive(Clone)]
+pub struct Link {
+    pub component: String,
+    pub name: String,
+    pub direction: Direction,
+    pub interface: String,
+    pub config: HashMap<String, String>,
+    pub secrets: HashMap<String, SecretValue>,
+}
+
+impl Link {
+    pub fn handler(component: &str, config: &[(&str, &str)]) -> Self {
+        Self::new(component, Direction::Handler, "handler", config)
+    }
+
+    pub fn consumer(component: &str, config: &[(&str, &str)]) -> Self {
+        Self::new(component, Direction::Consumer, "consumer", config)
+    }
+
+    fn new(
+        component: &str,
+        direction: Direction,
+        interface: &str,
+        config: &[(&str, &str)],
+    ) -> Self {
+        Self {
+            component: component.to_string(),
+            name: "default".to_string(),
+            direction,
+            interface: interface.to_string(),
+            config: config
+                .iter()
+                .map(|(k, v)| (k.to_string(), v.to_string()))
+                .collect(),
+            secrets: HashMap::new(),
+        }
+    }
+
+    pub fn named(mut self, name: &str) -> Self {
+        self.name = name.to_string();
+        self
+    }
+
+    pub fn with_secret(mut self, key: &str, value: &str) -> Self {
+        self.secrets
+            .insert(key.to_string(), SecretValue::String(value.to_string()));
+        self
+    }
+
+    /// The link for another WIT interface (a link this provider must refuse).
+    pub fn for_interface(mut self, interface: &str) -> Self {
+        self.interface = interface.to_string();
+        self
+    }
+
+    fn definition(&self, provider: &Provider) -> InterfaceLinkDefinition {
+        self.definition_with(
+            &provider.key,
+            &provider.host_xkey,
+            &provider.provider_xkey_public,
+        )
+    }
+
+    /// The link definition as the host sends it, secrets sealed for the
+    /// provider.
+    fn definition_with(
+        &self,
+        provider_key: &str,
+        host_xkey: &nkeys::XKey,
+        provider_xkey_public: &nkeys::XKey,
+    ) -> InterfaceLinkDefinition {
+        let sealed = (!self.secrets.is_empty()).then(|| {
+            let json = serde_json::to_vec(&self.secrets).expect("secrets json");
+            host_xkey
+                .seal(&json, provider_xkey_public)
+                .expect("seal secrets")
+        });
+        let (source_id, target) = match self.direction {
+            Direction::Handler => (provider_key.to_string(), self.component.clone()),
+            Direction::Consumer => (self.component.clone(), provider_key.to_string()),
+        };
+        let mut ld = InterfaceLinkDefinition {
+            source_id,
+            target,
+            name: self.name.clone(),
+            wit_namespace: "wasmcloud".into(),
+            wit_package: "messaging".into(),
+            interfaces: vec![self.interface.clone()],
+            source_config: HashMap::new(),
+            target_config: HashMap::new(),
+            source_secrets: None,
+            target_secrets: None,
+        };
+        match self.direction {
+            Direction::Handler => {
+                ld.source_config = self.config.clone();
+                ld.source_secrets = sealed;
+            }
+            Direction::Consumer => {
+                ld.target_config = self.config.clone();
+                ld.target_secrets = sealed;
+            }
+        }
+        ld
+    }
+}
