@@ -438,7 +438,14 @@ fn on_event(servers: &str, signals: &Signals, event: Event) -> bool {
             None => error!(servers, error = message, "NATS server error"),
         },
         Event::ServerError(err) => error!(servers, %err, "NATS server error"),
-        Event::ClientError(ClientError::MaxReconnects) => signals.gave_up.notify_one(),
+        Event::ClientError(ClientError::MaxReconnects) => {
+            info!(
+                servers,
+                attempts = MAX_RECONNECT_ATTEMPTS,
+                "NATS client gave up reconnecting"
+            );
+            signals.gave_up.notify_one();
+        }
         Event::ClientError(err) => {
             if signals.outage_reported.swap(true, Ordering::Relaxed) {
                 debug!(servers, %err, "NATS connection attempt failed");

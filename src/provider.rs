@@ -333,8 +333,10 @@ impl Provider for MessagingProvider {
                      (permissions violation)"
                 ));
             }
-            if link.connection.is_connected() && !link.status.subscribed.load(Ordering::Relaxed) {
-                problems.push(format!("handler link {key}: no open subscription"));
+            if !link.status.subscribed.load(Ordering::Relaxed) {
+                problems.push(format!(
+                    "handler link {key}: no open subscription (waiting for a new NATS connection)"
+                ));
             }
         }
         for (key, link) in consumers.iter() {

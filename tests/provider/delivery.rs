@@ -351,6 +351,9 @@ async fn lost_handler_reply_times_out_and_frees_its_slot() {
         .map(|r| r.message.body)
         .collect();
     assert_eq!(bodies, ["1", "2"].map(bytes::Bytes::from));
+    // Message 2 started while the component still ran message 1: the slot
+    // was freed at the timeout, not when the lost reply would have come.
+    assert_eq!(component.peak_in_flight(), 2);
     provider
         .logs
         .wait_for(0, "about the timeout", |l| {

@@ -35,10 +35,17 @@ async fn sigterm_drains_in_flight_deliveries_and_exits_zero() {
         tokio::time::sleep(Duration::from_millis(10)).await;
     }
 
+    let logs = provider.logs.clone();
     let status = provider.signal("TERM").await;
 
     assert!(status.success(), "{status:?}");
     assert_eq!(&component.next().await.message.body[..], b"in flight");
+    assert_eq!(
+        logs.count(|l| l.contains("handler link stopped") && l.contains("delivered 1,")),
+        1,
+        "the in-flight delivery was not completed and counted"
+    );
+    assert_eq!(logs.count(|l| l.contains("all links stopped")), 1);
 }
 
 #[tokio::test]

@@ -6,6 +6,7 @@ mod support;
 mod auth;
 mod config;
 mod delivery;
+mod faults;
 mod lifecycle;
 mod publish;
 mod request;

@@ -17,7 +17,7 @@ pub mod server;
 
 pub use component::{Behaviour, BrokerMessage, Caller};
 pub use host::{pairs, spawn_provider, Lattice, Link, Logs, Provider, ProviderOptions};
-pub use server::{round_trip, NatsServer, ServerExt};
+pub use server::{round_trip, NatsServer, ServerExt, ServerOptions};
 
 /// How long a test waits for something that should happen promptly.
 pub const WAIT: Duration = Duration::from_secs(10);

@@ -154,6 +154,12 @@ impl Component {
             .expect("component channel open")
     }
 
+    /// The next delivery, or `None` once the component is gone; for loops
+    /// that bound the wait themselves.
+    pub async fn next_opt(&mut self) -> Option<Received> {
+        self.received.recv().await
+    }
+
     /// Collects `n` deliveries.
     pub async fn take(&mut self, n: usize) -> Vec<Received> {
         let mut out = Vec::with_capacity(n);

@@ -44,14 +44,26 @@ impl Logs {
     /// Waits until a line from index `from` on satisfies `pred`, and
     /// returns it.
     pub async fn wait_for(&self, from: usize, what: &str, pred: impl Fn(&str) -> bool) -> String {
-        let deadline = Instant::now() + WAIT;
+        self.wait_for_within(from, what, WAIT, pred).await
+    }
+
+    /// [`wait_for`](Self::wait_for) with a wait of its own, for what takes
+    /// long by design (a client giving up after its reconnect attempts).
+    pub async fn wait_for_within(
+        &self,
+        from: usize,
+        what: &str,
+        within: Duration,
+        pred: impl Fn(&str) -> bool,
+    ) -> String {
+        let deadline = Instant::now() + within;
         loop {
             if let Some(line) = self.lines().into_iter().skip(from).find(|l| pred(l)) {
                 return line;
             }
             if Instant::now() > deadline {
                 panic!(
-                    "no log line {what} within {WAIT:?}; output:\n{}",
+                    "no log line {what} within {within:?}; output:\n{}",
                     self.lines().join("\n")
                 );
             }

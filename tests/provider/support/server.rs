@@ -9,6 +9,8 @@ pub use nats_test_server::{NatsServer, Options as ServerOptions};
 pub trait ServerExt {
     /// A plain client of this server.
     async fn client(&self) -> async_nats::Client;
+    /// A client of this server authenticated with user and password.
+    async fn client_as(&self, user: &str, password: &str) -> async_nats::Client;
     /// Names of the client connections the server has.
     fn connection_names(&self) -> Vec<String>;
 }
@@ -18,6 +20,13 @@ impl ServerExt for NatsServer {
         async_nats::connect(self.url())
             .await
             .expect("connect to test nats")
+    }
+
+    async fn client_as(&self, user: &str, password: &str) -> async_nats::Client {
+        async_nats::ConnectOptions::with_user_and_password(user.into(), password.into())
+            .connect(self.url())
+            .await
+            .expect("connect to test nats as a user")
     }
 
     fn connection_names(&self) -> Vec<String> {
