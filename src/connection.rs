@@ -12,7 +12,7 @@
 use std::collections::{HashMap, HashSet};
 use std::path::Path;
 use std::str::FromStr;
-use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::sync::{Arc, Mutex, MutexGuard, PoisonError, Weak};
 use std::time::Duration;
 
@@ -88,6 +88,9 @@ struct Signals {
     subscribers: Mutex<HashMap<String, Vec<String>>>,
     /// One warning per outage; the rest of the attempts are debug lines.
     outage_reported: AtomicBool,
+    /// Messages the client dropped because a subscription's buffer was full
+    /// (its reader was starved of CPU).
+    client_dropped: AtomicU64,
 }
 
 /// The std locks here are never held across an await or a call that can
@@ -419,10 +422,16 @@ fn on_event(servers: &str, signals: &Signals, event: Event) -> bool {
         Event::LameDuckMode => warn!(servers, "NATS server entered lame duck mode"),
         Event::Draining => debug!(servers, "NATS connection draining"),
         Event::Closed => debug!(servers, "NATS connection closed"),
-        Event::SlowConsumer(sid) => error!(
-            servers,
-            sid, "subscription fell behind: NATS dropped messages for it"
-        ),
+        Event::SlowConsumer(sid) => {
+            let dropped = signals.client_dropped.fetch_add(1, Ordering::Relaxed) + 1;
+            // One line per power of two, not one per message.
+            if dropped.is_power_of_two() {
+                error!(
+                    servers,
+                    sid, dropped, "a subscription fell behind: the NATS client dropped messages"
+                );
+            }
+        }
         Event::ServerError(ServerError::Other(message)) => match refused_subject(&message) {
             Some(subject) => {
                 let links = lock(&signals.subscribers)

@@ -14,6 +14,7 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use futures::stream::{self, StreamExt as _};
+use futures::FutureExt as _;
 use tokio::sync::watch;
 use tokio::task::{JoinHandle, JoinSet};
 use tokio::time::Instant;
@@ -303,9 +304,16 @@ async fn run(link: LinkTask, mut messages: stream::SelectAll<async_nats::Subscri
                 });
             }
             () = sleep_until_deadline(drain_deadline) => {
+                // Counted as dropped, with what the client still buffers, so
+                // that the link's figures add up to what it received.
+                let mut left = queue.messages.len() as u64;
+                while let Some(Some(_)) = messages.next().now_or_never() {
+                    left += 1;
+                }
+                status.dropped.fetch_add(left, Ordering::Relaxed);
                 warn!(
                     aborted = in_flight.len(),
-                    dropped = queue.messages.len(),
+                    dropped = left,
                     drain_timeout_ms = settings.drain_timeout.as_millis() as u64,
                     "deliveries still running after the drain timeout were aborted; \
                      messages not yet delivered were dropped"

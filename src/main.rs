@@ -1,10 +1,12 @@
 //! The provider executable that a wasmCloud host starts.
 
 use anyhow::Context as _;
+use futures::StreamExt as _;
 use messaging_nats::{bindings, host_data, MessagingProvider};
 use tokio::signal::unix::{signal, SignalKind};
-use tracing::info;
-use wasmcloud_provider_sdk::{get_connection, run_provider, serve_provider_exports};
+use tracing::{info, warn};
+use wasmcloud_provider_sdk::provider::WrpcClient;
+use wasmcloud_provider_sdk::{get_connection, run_provider};
 
 const PROVIDER_NAME: &str = "messaging-nats";
 
@@ -81,9 +83,42 @@ async fn run() -> anyhow::Result<()> {
         .get_wrpc_client(connection.provider_key())
         .await
         .context("failed to create the wRPC client")?;
-    serve_provider_exports(&wrpc, provider, stopped, bindings::serve)
-        .await
-        .context("failed to serve the consumer interface")?;
+    serve(&wrpc, provider, stopped).await?;
     info!("provider stopped");
     Ok(())
+}
+
+/// Serves the `consumer` export until `stopped` resolves: each invocation
+/// runs as a task of its own. (The SDK's `serve_provider_exports` keeps
+/// every finished invocation's task in a set it never empties, about half a
+/// KiB per call for the life of the process.)
+async fn serve(
+    wrpc: &WrpcClient,
+    provider: MessagingProvider,
+    stopped: impl std::future::Future<Output = ()>,
+) -> anyhow::Result<()> {
+    let exports = bindings::serve(wrpc, provider)
+        .await
+        .context("failed to serve the consumer interface")?;
+    let mut invocations = futures::stream::select_all(
+        exports
+            .into_iter()
+            .map(|(instance, name, stream)| stream.map(move |call| (instance, name, call))),
+    );
+    let mut stopped = std::pin::pin!(stopped);
+    loop {
+        tokio::select! {
+            Some((instance, name, call)) = invocations.next() => match call {
+                Ok(call) => {
+                    tokio::spawn(async move {
+                        if let Err(err) = call.await {
+                            warn!(instance, name, error = %format!("{err:#}"), "failed to serve an invocation");
+                        }
+                    });
+                }
+                Err(err) => warn!(instance, name, error = %format!("{err:#}"), "failed to accept an invocation"),
+            },
+            () = &mut stopped => return Ok(()),
+        }
+    }
 }

@@ -8,6 +8,7 @@ mod config;
 mod delivery;
 mod faults;
 mod lifecycle;
+mod memory;
 mod publish;
 mod request;
 mod security;

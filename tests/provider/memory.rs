@@ -1,0 +1,290 @@
+//! Memory stays bounded and is given back: bursts into a slow component,
+//! requests that never get a reply, links put and deleted many times. The
+//! figures are printed; the bounds asserted are wide, for a noisy machine.
+
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use futures::StreamExt as _;
+
+use crate::support::{round_trip, Behaviour, Caller, Lattice, Link, NatsServer, Provider};
+
+const MIB: u64 = 1024;
+
+/// The figures of a handler link's stop line ("delivered N, ... dropped M").
+fn stop_figures(provider: &Provider) -> Vec<(String, u64)> {
+    let line = provider
+        .logs
+        .lines()
+        .into_iter()
+        .find(|l| l.contains("handler link stopped"))
+        .expect("stop line");
+    let stats = line
+        .split("stats=")
+        .nth(1)
+        .unwrap_or_default()
+        .trim_matches('"');
+    stats
+        .split(", ")
+        .filter_map(|part| {
+            let (name, n) = part.trim_matches('"').rsplit_once(' ')?;
+            Some((name.to_string(), n.parse().ok()?))
+        })
+        .collect()
+}
+
+/// Publishes `n` messages of `size` bytes to `subject` as fast as the client
+/// takes them, sampling the provider's RSS; returns the peak in KiB.
+async fn burst(
+    lattice: &Lattice,
+    provider: &Provider,
+    subject: &str,
+    n: usize,
+    size: usize,
+) -> u64 {
+    let body = bytes::Bytes::from(vec![b'x'; size]);
+    let mut peak = provider.rss_kib();
+    for i in 0..n {
+        lattice
+            .client
+            .publish(subject.to_string(), body.clone())
+            .await
+            .unwrap();
+        if i % 1000 == 0 {
+            peak = peak.max(provider.rss_kib());
+        }
+    }
+    lattice.client.flush().await.unwrap();
+    for _ in 0..20 {
+        peak = peak.max(provider.rss_kib());
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+    peak
+}
+
+async fn burst_into_a_slow_handler(n: usize, size: usize) {
+    let lattice = Lattice::start().await;
+    let provider = lattice.provider(&[]).await;
+    let component = lattice
+        .component("c", Behaviour::slow(Duration::from_millis(20)))
+        .await;
+    let link = Link::handler(
+        "c",
+        &[
+            ("subscriptions", "burst"),
+            ("max_in_flight", "16"),
+            ("drain_timeout_ms", "500"),
+        ],
+    );
+    provider.put_link(&link).await;
+    let idle = provider.rss_kib();
+
+    let peak = burst(&lattice, &provider, "burst", n, size).await;
+    provider.delete_link(&link).await;
+    provider
+        .logs
+        .wait_for(0, "the link's stop", |l| l.contains("handler link stopped"))
+        .await;
+    tokio::time::sleep(Duration::from_millis(500)).await;
+    let after = provider.rss_kib();
+    let figures = stop_figures(&provider);
+    let accounted: u64 = figures.iter().map(|(_, n)| n).sum();
+    let aborted = provider
+        .logs
+        .lines()
+        .iter()
+        .find_map(|l| {
+            l.split("aborted=")
+                .nth(1)?
+                .split_whitespace()
+                .next()?
+                .parse::<u64>()
+                .ok()
+        })
+        .unwrap_or(0);
+    println!(
+        "burst of {n} x {size} B into a 20 ms handler, max_in_flight 16: RSS idle {} MiB, \
+         peak {} MiB, after {} MiB; peak in flight {}; {figures:?}, aborted in flight {aborted}",
+        idle / MIB,
+        peak / MIB,
+        after / MIB,
+        component.peak_in_flight()
+    );
+
+    assert_eq!(component.peak_in_flight(), 16);
+    assert_eq!(
+        accounted + aborted,
+        n as u64,
+        "messages lost without being counted"
+    );
+    // The link queue holds at most 64 MiB; the rest is the process.
+    assert!(
+        peak < idle + 160 * MIB,
+        "peak {peak} KiB over idle {idle} KiB"
+    );
+    assert!(
+        after < idle + 96 * MIB,
+        "after {after} KiB over idle {idle} KiB"
+    );
+}
+
+#[tokio::test]
+async fn a_burst_of_small_messages_into_a_slow_handler_stays_bounded() {
+    burst_into_a_slow_handler(200_000, 16).await;
+}
+
+#[tokio::test]
+async fn a_burst_of_large_messages_into_a_slow_handler_stays_bounded() {
+    burst_into_a_slow_handler(2_000, 256 * 1024).await;
+}
+
+/// Sends `n` requests that get no reply, `concurrency` at a time; returns
+/// how many timed out.
+async fn unanswered_requests(caller: &Arc<Caller>, n: usize, concurrency: usize) -> usize {
+    let mut workers = Vec::new();
+    for w in 0..concurrency {
+        let caller = Arc::clone(caller);
+        workers.push(tokio::spawn(async move {
+            let mut timed_out = 0;
+            for _ in (w..n).step_by(concurrency) {
+                if let Ok(Err(err)) = caller.request("silent", b"?", 5).await {
+                    timed_out += usize::from(err.contains("no reply"));
+                }
+            }
+            timed_out
+        }));
+    }
+    let mut timed_out = 0;
+    for worker in workers {
+        timed_out += worker.await.unwrap();
+    }
+    timed_out
+}
+
+#[tokio::test]
+async fn requests_that_get_no_reply_leave_nothing_behind() {
+    let lattice = Lattice::start().await;
+    let provider = lattice.provider(&[]).await;
+    let component = lattice.component("c", Behaviour::default()).await;
+    provider.put_link(&Link::consumer("c", &[])).await;
+    let mut silent = lattice.client.subscribe("silent").await.unwrap();
+    round_trip(&lattice.client).await;
+    let swallow = tokio::spawn(async move { while silent.next().await.is_some() {} });
+    let caller = Arc::new(component.caller(&provider).await);
+    let subscriptions = || provider_subscriptions(&lattice.nats);
+    let subs_before = subscriptions();
+    let idle = provider.rss_kib();
+    let started = Instant::now();
+
+    // Two rounds: the first sets the allocator's high-water mark, the
+    // second shows whether anything grows per request.
+    let n = 50_000;
+    let first = unanswered_requests(&caller, n, 100).await;
+    let after_first = provider.rss_kib();
+    let second = unanswered_requests(&caller, n, 100).await;
+    let after_second = provider.rss_kib();
+    // The last requests' unsubscriptions may still be on their way.
+    let settle = Instant::now() + Duration::from_secs(2);
+    while subscriptions() != subs_before && Instant::now() < settle {
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+    let subs_after = subscriptions();
+    swallow.abort();
+    println!(
+        "{} unanswered requests in {:?}: {} timed out (the rest: wRPC calls lost on the \
+         way); RSS idle {} MiB, after {n} {} MiB, after {} {} MiB; provider subscriptions \
+         {subs_before} before, {subs_after} after",
+        2 * n,
+        started.elapsed(),
+        first + second,
+        idle / MIB,
+        after_first / MIB,
+        2 * n,
+        after_second / MIB
+    );
+
+    // wRPC over NATS now and then loses an invocation (about 1 in 10^4).
+    assert!(
+        first + second >= 2 * n - 2 * n / 1000,
+        "{} timed out",
+        first + second
+    );
+    assert_eq!(subs_after, subs_before, "inbox subscriptions left behind");
+    assert!(
+        after_second < after_first + 8 * MIB,
+        "grew by {} KiB over the second {n} requests",
+        after_second.saturating_sub(after_first)
+    );
+}
+
+/// Subscriptions the provider's data connections hold on `server`.
+fn provider_subscriptions(server: &NatsServer) -> u64 {
+    server
+        .connections()
+        .iter()
+        .filter(|c| c["name"] == "wasmcloud-messaging-nats")
+        .map(|c| c["subscriptions"].as_u64().unwrap_or(0))
+        .sum()
+}
+
+#[tokio::test]
+async fn a_thousand_link_cycles_leave_no_connection_behind() {
+    let lattice = Lattice::start().await;
+    let mut down = NatsServer::start();
+    let down_url = down.url();
+    down.kill();
+    let provider = lattice.provider(&[]).await;
+    let idle = provider.rss_kib();
+    let started = Instant::now();
+
+    for i in 0..1000 {
+        let link = if i % 2 == 0 {
+            Link::consumer("c", &[])
+        } else {
+            Link::consumer(
+                "c",
+                &[("cluster_uris", &down_url), ("connect_timeout_ms", "100")],
+            )
+        };
+        provider.put_link(&link).await;
+        provider.delete_link(&link).await;
+    }
+    let cycles = started.elapsed();
+    let (_, health) = provider.health().await.unwrap();
+    let connected = lattice
+        .nats
+        .connections()
+        .iter()
+        .filter(|c| c["name"] == "wasmcloud-messaging-nats")
+        .count();
+    // Each released client to the down server gives up within ~25 s.
+    let deadline = Instant::now() + Duration::from_secs(60);
+    while provider.logs.count(|l| l.contains("NATS client gave up")) < 500 {
+        assert!(
+            Instant::now() < deadline,
+            "{} of 500 released clients gave up",
+            provider.logs.count(|l| l.contains("NATS client gave up"))
+        );
+        tokio::time::sleep(Duration::from_millis(500)).await;
+    }
+    let after = provider.rss_kib();
+    println!(
+        "1,000 link put/delete cycles (half to a down server) in {cycles:?}: RSS idle {} MiB, after {} MiB",
+        idle / MIB,
+        after / MIB
+    );
+
+    assert!(
+        health.starts_with("0 handler links, 0 consumer links"),
+        "{health}"
+    );
+    assert_eq!(connected, 0, "connections to the live server left open");
+    assert_eq!(
+        provider.logs.count(|l| l.contains("starting a new client")),
+        0
+    );
+    assert!(
+        after < idle + 32 * MIB,
+        "after {after} KiB over idle {idle} KiB"
+    );
+}
