@@ -112,10 +112,16 @@ async fn burst_into_a_slow_handler(n: usize, size: usize) {
     );
 
     assert_eq!(component.peak_in_flight(), 16);
+    let client_drops: Vec<String> = provider
+        .logs
+        .lines()
+        .into_iter()
+        .filter(|l| l.contains("fell behind"))
+        .collect();
     assert_eq!(
         accounted + aborted,
         n as u64,
-        "messages lost without being counted"
+        "messages lost without being counted by the link; client drops: {client_drops:?}"
     );
     // The link queue holds at most 64 MiB; the rest is the process.
     assert!(
