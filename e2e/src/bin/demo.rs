@@ -9,7 +9,7 @@ use async_nats::client::RequestErrorKind;
 use futures::StreamExt as _;
 use messaging_nats_e2e::archive::native_target;
 use messaging_nats_e2e::host::DEFAULT_LINK_NAME;
-use messaging_nats_e2e::{build_provider_archive, init_logging, paths, Host, NatsServer};
+use messaging_nats_e2e::{build_provider_archive, init_logging, paths, Host};
 
 const PROVIDER_ID: &str = "messaging-nats";
 const PROVIDER_CONFIG: &str = "messaging-nats-defaults";
@@ -24,7 +24,7 @@ async fn main() -> Result<()> {
     let started = Instant::now();
     let step = |what: &str| println!("[{:>6.2}s] {what}", started.elapsed().as_secs_f64());
 
-    let nats = NatsServer::start()?;
+    let nats = messaging_nats_e2e::nats::start();
     step(&format!("nats-server listening on {}", nats.url()));
 
     let work = tempfile::tempdir().context("failed to create work dir")?;
@@ -69,7 +69,7 @@ async fn main() -> Result<()> {
         "component {COMPONENT_ID} running, linked: handler (subscriptions={SUBJECT}) and consumer"
     ));
 
-    let client = nats.connect().await?;
+    let client = messaging_nats_e2e::nats::connect(&nats).await?;
     let mut events = client.subscribe(format!("events.{SUBJECT}")).await?;
     client.flush().await?;
     step("transcript follows\n");

@@ -60,9 +60,9 @@ impl Lattice {
     /// A NATS server and a host with nothing deployed.
     pub async fn start() -> Result<Self> {
         init_logging();
-        let nats = NatsServer::start()?;
+        let nats = messaging_nats_e2e::nats::start();
         let host = Host::start(&nats.url()).await?;
-        let client = nats.connect().await?;
+        let client = messaging_nats_e2e::nats::connect(&nats).await?;
         Ok(Self { host, client, nats })
     }
 
