@@ -173,10 +173,15 @@ impl MessagingProvider {
 
         let mut handlers = self.state.handlers.lock().await;
         let connection = self.state.pool.acquire(&settings.connection).await?;
-        let wrpc = get_connection()
-            .get_wrpc_client_custom(&key.component_id, Some(settings.handler.handler_timeout))
-            .await
-            .with_context(|| format!("link {key} rejected: cannot create the wRPC client"))?;
+        // Subscribes on the lattice's NATS, which may be unreachable too.
+        let wrpc = tokio::time::timeout(
+            settings.connection.connect_timeout,
+            get_connection()
+                .get_wrpc_client_custom(&key.component_id, Some(settings.handler.handler_timeout)),
+        )
+        .await
+        .map_err(|_| anyhow!("link {key} rejected: the lattice's NATS did not take the wRPC client's subscription in time"))?
+        .with_context(|| format!("link {key} rejected: cannot create the wRPC client"))?;
         let target = Target {
             component_id: key.component_id.as_str().into(),
             link_name: key.link_name.as_str().into(),

@@ -72,14 +72,9 @@ async fn assert_fails_that_link_only(
     let bad_publish = caller.publish(&message("x", b"x")).await.unwrap();
     // The good link connects in the background: wait until health no
     // longer counts it as down.
-    let deadline = Instant::now() + WAIT;
-    let (healthy, health) = loop {
-        let (healthy, health) = provider.health().await.unwrap();
-        if !health.contains("c/default:") || Instant::now() > deadline {
-            break (healthy, health);
-        }
-        tokio::time::sleep(Duration::from_millis(20)).await;
-    };
+    let (healthy, health) = provider
+        .wait_for_health("the good link up", WAIT, |_, h| !h.contains("c/default:"))
+        .await;
 
     assert!(!healthy, "{health}");
     assert!(

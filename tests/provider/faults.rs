@@ -14,28 +14,6 @@ use crate::support::{
     ProviderOptions, ServerExt as _, ServerOptions, WAIT,
 };
 
-/// Waits until `provider` reports healthy or not, as asked.
-async fn wait_health(
-    provider: &crate::support::Provider,
-    healthy: bool,
-    within: Duration,
-) -> String {
-    let deadline = Instant::now() + within;
-    loop {
-        if let Ok((now, message)) = provider.health().await {
-            if now == healthy {
-                return message;
-            }
-        }
-        assert!(
-            Instant::now() < deadline,
-            "health never became {healthy}; output:\n{}",
-            provider.logs.lines().join("\n")
-        );
-        tokio::time::sleep(Duration::from_millis(100)).await;
-    }
-}
-
 #[tokio::test]
 async fn an_outage_with_a_full_command_queue_leaves_every_host_call_answering() {
     let lattice = Lattice::start().await;
@@ -58,7 +36,9 @@ async fn an_outage_with_a_full_command_queue_leaves_every_host_call_answering() 
     provider.put_link(&consumer).await;
     provider.put_link(&handler).await;
     data.kill();
-    wait_health(&provider, false, WAIT).await;
+    provider
+        .wait_for_health("unhealthy", WAIT, |healthy, _| !healthy)
+        .await;
 
     // Each publish queues a message and a flush in the client, which does
     // not read its queue while disconnected: 1,100 of them fill it.
@@ -204,7 +184,10 @@ async fn a_link_outliving_its_client_subscribes_again_on_a_new_one() {
 
     // The client gives up after ten attempts (~25 s); its subscriptions
     // close with it, and the link subscribes on the new client at once.
-    let unhealthy = wait_health(&provider, false, WAIT).await;
+    let unhealthy = provider
+        .wait_for_health("unhealthy", WAIT, |healthy, _| !healthy)
+        .await
+        .1;
     provider
         .logs
         .wait_for_within(0, "the new client", Duration::from_secs(40), |l| {
@@ -213,7 +196,9 @@ async fn a_link_outliving_its_client_subscribes_again_on_a_new_one() {
         .await;
     let still_down = provider.health().await.unwrap();
     data.restart();
-    wait_health(&provider, true, Duration::from_secs(30)).await;
+    provider
+        .wait_for_health("healthy", Duration::from_secs(30), |healthy, _| healthy)
+        .await;
     let publisher = data.client().await;
     publisher.publish("in", "after".into()).await.unwrap();
     publisher.flush().await.unwrap();
@@ -221,24 +206,6 @@ async fn a_link_outliving_its_client_subscribes_again_on_a_new_one() {
     assert!(unhealthy.contains("handler link c/default"), "{unhealthy}");
     assert!(!still_down.0, "healthy while the server was still down");
     assert_eq!(&component.next().await.message.body[..], b"after");
-}
-
-/// Waits (up to 40 s) until the health message contains `text`.
-async fn wait_for_health_text(provider: &crate::support::Provider, text: &str) -> String {
-    let deadline = Instant::now() + Duration::from_secs(40);
-    loop {
-        if let Ok((_, message)) = provider.health().await {
-            if message.contains(text) {
-                return message;
-            }
-        }
-        assert!(
-            Instant::now() < deadline,
-            "health never said {text:?}; output:\n{}",
-            provider.logs.lines().join("\n")
-        );
-        tokio::time::sleep(Duration::from_millis(200)).await;
-    }
 }
 
 #[tokio::test]
@@ -261,7 +228,9 @@ async fn a_subscription_the_server_refuses_makes_the_link_unhealthy_naming_it() 
     .with_secret("password", "pw");
     provider.put_link(&link).await;
 
-    let health = wait_for_health_text(&provider, "refused").await;
+    let (_, health) = provider
+        .wait_for_health("the refusal", WAIT, |_, m| m.contains("refused"))
+        .await;
     let logged = provider
         .logs
         .wait_for(0, "the refusal", |l| l.contains("refused the subscription"))
@@ -484,7 +453,9 @@ async fn broker_restart_mid_traffic_loses_no_publish_answered_ok() {
     }
     data.restart();
     let unhealthy_seen = provider.logs.count(|l| l.contains("NATS connection lost")) > 0;
-    wait_health(&provider, true, WAIT).await;
+    provider
+        .wait_for_health("healthy", WAIT, |healthy, _| healthy)
+        .await;
     for _ in 0..50 {
         feeder
             .publish(format!("in.{sent}"), "x".into())
@@ -602,7 +573,9 @@ async fn cluster_failover_keeps_publish_request_and_delivery_going() {
     };
 
     nodes[connected].kill();
-    wait_health(&provider, true, WAIT).await;
+    provider
+        .wait_for_health("healthy", WAIT, |healthy, _| healthy)
+        .await;
     // Interest moves with the reconnect; retry until the route carries it.
     let mut requests = 0;
     let mut answered = 0;

@@ -2,7 +2,7 @@
 
 use std::time::Duration;
 
-use crate::support::{Behaviour, Lattice, Link, NatsServer, ServerExt as _};
+use crate::support::{Behaviour, Lattice, Link, NatsServer, ServerExt as _, WAIT};
 
 #[tokio::test]
 async fn shutdown_request_exits_zero() {
@@ -60,16 +60,10 @@ async fn health_is_unhealthy_while_a_link_connection_is_down() {
     assert!(healthy);
 
     data.stop();
-    let mut health = provider.health().await.unwrap();
-    for _ in 0..50 {
-        if !health.0 {
-            break;
-        }
-        tokio::time::sleep(Duration::from_millis(100)).await;
-        health = provider.health().await.unwrap();
-    }
+    let (healthy, message) = provider
+        .wait_for_health("the connection down", WAIT, |healthy, _| !healthy)
+        .await;
 
-    let (healthy, message) = health;
     assert!(!healthy);
     assert!(message.contains("consumer link c/default"), "{message}");
     assert!(message.contains(&data.url()), "{message}");

@@ -283,6 +283,30 @@ impl Provider {
         ))
     }
 
+    /// Asks for health until `pred(healthy, message)` holds, for up to
+    /// `within`; returns that answer.
+    pub async fn wait_for_health(
+        &self,
+        what: &str,
+        within: Duration,
+        pred: impl Fn(bool, &str) -> bool,
+    ) -> (bool, String) {
+        let deadline = Instant::now() + within;
+        loop {
+            if let Ok((healthy, message)) = self.health().await {
+                if pred(healthy, &message) {
+                    return (healthy, message);
+                }
+            }
+            assert!(
+                Instant::now() < deadline,
+                "health never showed {what} within {within:?}; output:\n{}",
+                self.logs.lines().join("\n")
+            );
+            tokio::time::sleep(Duration::from_millis(50)).await;
+        }
+    }
+
     /// Puts a link and waits until the provider has taken it (or refused it).
     pub async fn put_link(&self, link: &Link) -> String {
         let from = self.logs.len();
