@@ -6,7 +6,7 @@
 # build/ (messaging-nats.par.gz, echo_component.wasm). Honours CARGO_TARGET_DIR.
 set -euo pipefail
 # Say which command failed: `set -e` alone ends the script without a word.
-trap 'echo "$(basename "$0"): failed (exit $?) at line $LINENO: $BASH_COMMAND" >&2' ERR
+trap 'rc=$?; echo "$(basename "$0"): failed (exit $rc) at line $LINENO: $BASH_COMMAND" >&2' ERR
 
 repo="$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)"
 e2e="$repo/e2e"

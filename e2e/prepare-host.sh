@@ -10,7 +10,7 @@
 # build cache, so that a fresh clone does not rebuild the host crate.
 set -euo pipefail
 # Say which command failed: `set -e` alone ends the script without a word.
-trap 'echo "$(basename "$0"): failed (exit $?) at line $LINENO: $BASH_COMMAND" >&2' ERR
+trap 'rc=$?; echo "$(basename "$0"): failed (exit $rc) at line $LINENO: $BASH_COMMAND" >&2' ERR
 
 e2e_dir="$(cd "$(dirname "${BASH_SOURCE[0]}")" && pwd)"
 host_version="0.27.1"

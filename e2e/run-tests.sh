@@ -3,7 +3,7 @@
 # Extra arguments go to `cargo nextest run`, e.g. `e2e/run-tests.sh -E "binary(messaging)"`.
 set -euo pipefail
 # Say which command failed: `set -e` alone ends the script without a word.
-trap 'echo "$(basename "$0"): failed (exit $?) at line $LINENO: $BASH_COMMAND" >&2' ERR
+trap 'rc=$?; echo "$(basename "$0"): failed (exit $rc) at line $LINENO: $BASH_COMMAND" >&2' ERR
 
 e2e="$(cd "$(dirname "${BASH_SOURCE[0]}")" && pwd)"
 "$e2e/build.sh"

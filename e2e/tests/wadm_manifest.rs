@@ -1,7 +1,7 @@
 //! The repository's `wadm.yaml` only names what this project ships.
 
 use anyhow::{Context as _, Result};
-use messaging_nats_e2e::manifest::{check_manifest, wit_interfaces, accepted_config_keys};
+use messaging_nats_e2e::manifest::{accepted_config_keys, check_manifest, wit_interfaces};
 use messaging_nats_e2e::paths::repo_root;
 
 #[tokio::test]
