@@ -1,26 +1,18 @@
-//! Shared set-up for the provider tests, one module per role: `server`
-//! (private nats-server processes), `host` (the provider process started
-//! with the host handshake, and the host's control messages), `component`
-//! (a component that serves `handler` and calls `consumer` over wRPC) and
-//! `credentials` (JWTs, creds files and certificates made by the tests).
-
-use std::time::Duration;
+//! Shared set-up for the provider tests. The roles (server, host,
+//! component) live in the `messaging-nats-harness` crate, which the
+//! benchmark uses too; here are what only the tests need: credentials made
+//! by the tests and the usual consumer set-up.
 
 use anyhow::bail;
 use bytes::Bytes;
 use futures::StreamExt as _;
 
-pub mod component;
 pub mod credentials;
-pub mod host;
-pub mod server;
 
-pub use component::{Behaviour, BrokerMessage, Caller};
-pub use host::{pairs, spawn_provider, Lattice, Link, Logs, Provider, ProviderOptions};
-pub use server::{round_trip, NatsServer, ServerExt, ServerOptions};
-
-/// How long a test waits for something that should happen promptly.
-pub const WAIT: Duration = Duration::from_secs(10);
+pub use messaging_nats_harness::{
+    pairs, round_trip, spawn_provider, Behaviour, BrokerMessage, Caller, Lattice, Link, Logs,
+    NatsServer, Provider, ProviderOptions, ServerExt, ServerOptions, WAIT,
+};
 
 /// The usual set-up of a consumer test: a lattice, the provider, and a
 /// component "c" with a consumer link configured by `config`.

@@ -14,9 +14,9 @@ use bytes::Bytes;
 use wasmcloud_provider_sdk::core::secrets::SecretValue;
 use wasmcloud_provider_sdk::core::{HostData, InterfaceLinkDefinition};
 
-use super::component::{Behaviour, Component};
-use super::server::{NatsServer, ServerExt as _};
-use super::WAIT;
+use crate::component::{Behaviour, Component};
+use crate::server::{NatsServer, ServerExt as _};
+use crate::WAIT;
 
 /// Output lines of a provider process, shared with the reader threads.
 #[derive(Clone, Default)]
@@ -37,7 +37,8 @@ impl Logs {
         self.lines().iter().filter(|l| pred(l)).count()
     }
 
-    pub fn len(&self) -> usize {
+    /// Lines printed so far; a position for [`wait_for`](Self::wait_for).
+    pub fn line_count(&self) -> usize {
         self.0.lock().map(|l| l.len()).unwrap_or_default()
     }
 
@@ -309,7 +310,7 @@ impl Provider {
 
     /// Puts a link and waits until the provider has taken it (or refused it).
     pub async fn put_link(&self, link: &Link) -> String {
-        let from = self.logs.len();
+        let from = self.logs.line_count();
         let ld = link.definition(self);
         let subject = format!(
             "wasmbus.rpc.{}.{}.linkdefs.put",
@@ -330,7 +331,7 @@ impl Provider {
 
     /// Deletes a link and waits until the provider has handled it.
     pub async fn delete_link(&self, link: &Link) {
-        let from = self.logs.len();
+        let from = self.logs.line_count();
         let ld = link.definition(self);
         let subject = format!("wasmbus.rpc.{}.{}.linkdefs.del", self.lattice, self.key);
         self.client
@@ -348,7 +349,7 @@ impl Provider {
     /// Sends a provider config update, as the host does when named config
     /// of the provider changes, and waits until it is applied.
     pub async fn update_config(&self, config: &[(&str, &str)]) {
-        let from = self.logs.len();
+        let from = self.logs.line_count();
         let map: HashMap<&str, &str> = config.iter().copied().collect();
         let subject = format!("wasmbus.rpc.{}.{}.config.update", self.lattice, self.key);
         self.client
@@ -415,7 +416,7 @@ impl Provider {
 /// Starts the provider binary with `stdin` as its standard input and
 /// collects every line it prints, stdout and stderr alike.
 pub fn spawn_provider(stdin: &[u8], rust_log: Option<&str>) -> (Child, Logs) {
-    let mut command = Command::new(env!("CARGO_BIN_EXE_messaging-nats"));
+    let mut command = Command::new(crate::provider_binary());
     if let Some(filter) = rust_log {
         command.env("RUST_LOG", filter);
     }

@@ -10,12 +10,12 @@ use bytes::Bytes;
 use futures::StreamExt as _;
 use tokio::sync::mpsc;
 
-use super::host::{Lattice, Provider};
-use super::server::ServerExt as _;
-use super::WAIT;
+use crate::host::{Lattice, Provider};
+use crate::server::ServerExt as _;
+use crate::WAIT;
 
 pub mod bindings {
-    wit_bindgen_wrpc::generate!({ world: "component", path: "wit", generate_all });
+    wit_bindgen_wrpc::generate!({ world: "component", path: "../../wit", generate_all });
 }
 
 use bindings::wasmcloud::messaging::consumer;

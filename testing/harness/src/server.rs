@@ -1,6 +1,8 @@
 //! Private nats-server processes (the `nats-test-server` crate, shared with
 //! the end-to-end tests) and what the tests ask of them.
 
+use std::future::Future;
+
 use bytes::Bytes;
 
 pub use nats_test_server::{NatsServer, Options as ServerOptions};
@@ -8,25 +10,41 @@ pub use nats_test_server::{NatsServer, Options as ServerOptions};
 /// What the provider tests ask of a server beyond starting and stopping it.
 pub trait ServerExt {
     /// A plain client of this server.
-    async fn client(&self) -> async_nats::Client;
+    fn client(&self) -> impl Future<Output = async_nats::Client> + Send;
     /// A client of this server authenticated with user and password.
-    async fn client_as(&self, user: &str, password: &str) -> async_nats::Client;
+    fn client_as(
+        &self,
+        user: &str,
+        password: &str,
+    ) -> impl Future<Output = async_nats::Client> + Send;
     /// Names of the client connections the server has.
     fn connection_names(&self) -> Vec<String>;
 }
 
 impl ServerExt for NatsServer {
-    async fn client(&self) -> async_nats::Client {
-        async_nats::connect(self.url())
-            .await
-            .expect("connect to test nats")
+    fn client(&self) -> impl Future<Output = async_nats::Client> + Send {
+        let url = self.url();
+        async move {
+            async_nats::connect(url)
+                .await
+                .expect("connect to test nats")
+        }
     }
 
-    async fn client_as(&self, user: &str, password: &str) -> async_nats::Client {
-        async_nats::ConnectOptions::with_user_and_password(user.into(), password.into())
-            .connect(self.url())
-            .await
-            .expect("connect to test nats as a user")
+    fn client_as(
+        &self,
+        user: &str,
+        password: &str,
+    ) -> impl Future<Output = async_nats::Client> + Send {
+        let options =
+            async_nats::ConnectOptions::with_user_and_password(user.into(), password.into());
+        let url = self.url();
+        async move {
+            options
+                .connect(url)
+                .await
+                .expect("connect to test nats as a user")
+        }
     }
 
     fn connection_names(&self) -> Vec<String> {
@@ -42,5 +60,5 @@ impl ServerExt for NatsServer {
 /// server answers a request nobody serves with "no responders", in order.
 pub async fn round_trip(client: &async_nats::Client) {
     let nobody = client.new_inbox();
-    let _ = tokio::time::timeout(super::WAIT, client.request(nobody, Bytes::new())).await;
+    let _ = tokio::time::timeout(crate::WAIT, client.request(nobody, Bytes::new())).await;
 }
