@@ -43,8 +43,11 @@ pub struct LinkStatus {
     pub handler_errors: AtomicU64,
     pub invoke_failures: AtomicU64,
     pub timeouts: AtomicU64,
-    /// Messages dropped because the link's queue was full.
+    /// Messages dropped because the link's queue was full, or left in it
+    /// when a drain timed out.
     pub dropped: AtomicU64,
+    /// Calls still running when a drain timed out.
+    pub aborted: AtomicU64,
     /// False while the link has no open subscription (all closed by the
     /// client, waiting for a new connection).
     pub subscribed: AtomicBool,
@@ -53,12 +56,14 @@ pub struct LinkStatus {
 impl LinkStatus {
     fn summary(&self) -> String {
         format!(
-            "delivered {}, handler errors {}, failed invocations {}, timeouts {}, dropped {}",
+            "delivered {}, handler errors {}, failed invocations {}, timeouts {}, dropped {}, \
+             aborted {}",
             self.delivered.load(Ordering::Relaxed),
             self.handler_errors.load(Ordering::Relaxed),
             self.invoke_failures.load(Ordering::Relaxed),
             self.timeouts.load(Ordering::Relaxed),
             self.dropped.load(Ordering::Relaxed),
+            self.aborted.load(Ordering::Relaxed),
         )
     }
 }
@@ -311,14 +316,21 @@ async fn run(link: LinkTask, mut messages: stream::SelectAll<async_nats::Subscri
                     left += 1;
                 }
                 status.dropped.fetch_add(left, Ordering::Relaxed);
+                // Only calls still running count as aborted: the set also
+                // holds finished ones not yet collected (counted already).
+                in_flight.abort_all();
+                let mut aborted = 0;
+                while let Some(result) = in_flight.join_next().await {
+                    aborted += u64::from(result.is_err_and(|err| err.is_cancelled()));
+                }
+                status.aborted.fetch_add(aborted, Ordering::Relaxed);
                 warn!(
-                    aborted = in_flight.len(),
+                    aborted,
                     dropped = left,
                     drain_timeout_ms = settings.drain_timeout.as_millis() as u64,
                     "deliveries still running after the drain timeout were aborted; \
                      messages not yet delivered were dropped"
                 );
-                in_flight.shutdown().await;
                 break;
             }
             Some(_) = in_flight.join_next(), if !in_flight.is_empty() => {}
