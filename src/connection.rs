@@ -318,6 +318,14 @@ async fn supervise(
         }
     }
     let client = current.borrow().clone();
+    let client_dropped = signals.client_dropped.load(Ordering::Relaxed);
+    if client_dropped > 0 {
+        warn!(
+            servers,
+            client_dropped,
+            "closing a NATS connection whose client dropped messages (slow consumer)"
+        );
+    }
     debug!(servers, "closing NATS connection");
     match tokio::time::timeout(CLOSE_TIMEOUT, client.drain()).await {
         Ok(Ok(())) => {}
