@@ -28,9 +28,20 @@ pub struct Behaviour {
     pub delay: Duration,
     /// Returns `Err` for bodies that start with this.
     pub fail_prefix: Option<Vec<u8>>,
+    /// Only counts calls instead of recording each message (for the
+    /// benchmark: no memory or time per message beyond the call).
+    pub count_only: bool,
 }
 
 impl Behaviour {
+    /// Answers `Ok` at once and only counts the calls.
+    pub fn no_op() -> Self {
+        Self {
+            count_only: true,
+            ..Self::default()
+        }
+    }
+
     /// Answers `Ok` after `delay`.
     pub fn slow(delay: Duration) -> Self {
         Self {
@@ -54,6 +65,7 @@ struct HandlerImpl {
     received: mpsc::UnboundedSender<Received>,
     in_flight: Arc<AtomicUsize>,
     peak: Arc<AtomicUsize>,
+    handled: Arc<AtomicUsize>,
 }
 
 impl bindings::exports::wasmcloud::messaging::handler::Handler<Option<async_nats::HeaderMap>>
@@ -68,6 +80,11 @@ impl bindings::exports::wasmcloud::messaging::handler::Handler<Option<async_nats
         self.peak.fetch_max(now, Ordering::SeqCst);
         if !self.behaviour.delay.is_zero() {
             tokio::time::sleep(self.behaviour.delay).await;
+        }
+        if self.behaviour.count_only {
+            self.in_flight.fetch_sub(1, Ordering::SeqCst);
+            self.handled.fetch_add(1, Ordering::SeqCst);
+            return Ok(Ok(()));
         }
         let header = |name: &str| {
             cx.as_ref()
@@ -85,6 +102,7 @@ impl bindings::exports::wasmcloud::messaging::handler::Handler<Option<async_nats
             message,
         });
         self.in_flight.fetch_sub(1, Ordering::SeqCst);
+        self.handled.fetch_add(1, Ordering::SeqCst);
         Ok(if fail {
             Err("told to fail".to_string())
         } else {
@@ -99,6 +117,7 @@ pub struct Component {
     pub id: String,
     received: mpsc::UnboundedReceiver<Received>,
     peak: Arc<AtomicUsize>,
+    handled: Arc<AtomicUsize>,
     lattice: String,
     nats: Arc<async_nats::Client>,
     serving: tokio::task::JoinHandle<()>,
@@ -116,11 +135,13 @@ impl Component {
         .expect("wrpc client");
         let (tx, received) = mpsc::unbounded_channel();
         let peak = Arc::new(AtomicUsize::new(0));
+        let handled = Arc::new(AtomicUsize::new(0));
         let handler = HandlerImpl {
             behaviour,
             received: tx,
             in_flight: Arc::new(AtomicUsize::new(0)),
             peak: Arc::clone(&peak),
+            handled: Arc::clone(&handled),
         };
         let streams = bindings::serve(&wrpc, handler)
             .await
@@ -140,6 +161,7 @@ impl Component {
             id: id.to_string(),
             received,
             peak,
+            handled,
             lattice: lattice.name.clone(),
             nats,
             serving,
@@ -174,6 +196,11 @@ impl Component {
         if let Ok(Some(r)) = tokio::time::timeout(quiet, self.received.recv()).await {
             panic!("unexpected delivery: {:?}", r.message.subject);
         }
+    }
+
+    /// `handle-message` calls answered so far.
+    pub fn handled(&self) -> usize {
+        self.handled.load(Ordering::SeqCst)
     }
 
     /// Highest number of `handle-message` calls running at once.

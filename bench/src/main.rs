@@ -1,0 +1,561 @@
+//! `scripts/bench`: measures the provider against baselines taken in the
+//! same run, on a private nats-server: raw async-nats, and a bare wRPC call
+//! between this process and a no-op component (the same call the provider
+//! makes for each delivery, without the provider). The provider is the
+//! release binary, started with the host handshake; this process plays the
+//! host and the components.
+//!
+//! Prints a markdown table and writes the figures as JSON. `--quick` runs
+//! small counts and checks only that every figure was produced.
+
+use std::collections::BTreeMap;
+use std::sync::atomic::{AtomicUsize, Ordering};
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use anyhow::{bail, Context as _};
+use bytes::Bytes;
+use futures::StreamExt as _;
+use messaging_nats_harness::component::bindings::wasmcloud::messaging::consumer;
+use messaging_nats_harness::{
+    round_trip, Behaviour, BrokerMessage, Lattice, Link, Provider, ServerExt as _,
+};
+
+mod bindings {
+    // The provider's world: its import `handler` gives the caller side of a
+    // bare `handle-message` call.
+    wit_bindgen_wrpc::generate!({ world: "provider", path: "../wit", generate_all });
+}
+
+use bindings::wasmcloud::messaging::handler;
+/// The message type of the bare `handle-message` call.
+use bindings::wasmcloud::messaging::types::BrokerMessage as HandlerMessage;
+
+/// A call slower than this is counted as lost (wRPC over NATS now and then
+/// leaves an invocation unanswered) and its time left out of the rate.
+const CALL_TIMEOUT: Duration = Duration::from_secs(1);
+
+/// How much work each figure gets.
+struct Sizes {
+    calls: usize,
+    raw_messages: usize,
+    requests: usize,
+    deliveries: usize,
+    burst: usize,
+    links: usize,
+}
+
+impl Sizes {
+    fn new(quick: bool) -> Self {
+        if quick {
+            Self {
+                calls: 400,
+                raw_messages: 10_000,
+                requests: 200,
+                deliveries: 2_000,
+                burst: 5_000,
+                links: 10,
+            }
+        } else {
+            Self {
+                calls: 20_000,
+                raw_messages: 500_000,
+                requests: 5_000,
+                deliveries: 60_000,
+                burst: 100_000,
+                links: 100,
+            }
+        }
+    }
+}
+
+/// Figures in the order they were measured, for the table and the JSON.
+#[derive(Default)]
+struct Report {
+    rows: Vec<(String, f64, String)>,
+}
+
+impl Report {
+    fn add(&mut self, name: &str, value: f64, unit: &str) {
+        println!("  {name}: {value:.3} {unit}");
+        self.rows.push((name.to_string(), value, unit.to_string()));
+    }
+
+    fn get(&self, name: &str) -> f64 {
+        self.rows
+            .iter()
+            .find(|(n, _, _)| n == name)
+            .map_or(f64::NAN, |(_, v, _)| *v)
+    }
+}
+
+/// Calls made at a concurrency, and how many were lost.
+struct Rate {
+    per_second: f64,
+    lost: usize,
+}
+
+/// Runs `n` calls of `call`, `concurrency` at a time. A call that fails or
+/// takes longer than [`CALL_TIMEOUT`] is lost; its time is taken out.
+async fn measure<F, Fut>(n: usize, concurrency: usize, call: F) -> Rate
+where
+    F: Fn(usize) -> Fut + Clone + Send + 'static,
+    Fut: std::future::Future<Output = anyhow::Result<()>> + Send,
+{
+    let next = Arc::new(AtomicUsize::new(0));
+    let started = Instant::now();
+    let workers: Vec<_> = (0..concurrency)
+        .map(|_| {
+            let next = Arc::clone(&next);
+            let call = call.clone();
+            tokio::spawn(async move {
+                let (mut ok, mut lost) = (0usize, 0usize);
+                loop {
+                    let i = next.fetch_add(1, Ordering::Relaxed);
+                    if i >= n {
+                        return (ok, lost);
+                    }
+                    match tokio::time::timeout(CALL_TIMEOUT, call(i)).await {
+                        Ok(Ok(())) => ok += 1,
+                        _ => lost += 1,
+                    }
+                }
+            })
+        })
+        .collect();
+    let (mut ok, mut lost) = (0, 0);
+    for worker in workers {
+        let (o, l) = worker.await.expect("worker");
+        ok += o;
+        lost += l;
+    }
+    let lost_time = CALL_TIMEOUT.as_secs_f64() * lost as f64 / concurrency as f64;
+    let elapsed = (started.elapsed().as_secs_f64() - lost_time).max(1e-9);
+    Rate {
+        per_second: ok as f64 / elapsed,
+        lost,
+    }
+}
+
+fn percentile(sorted: &[Duration], p: f64) -> Duration {
+    if sorted.is_empty() {
+        return Duration::ZERO;
+    }
+    let at = ((sorted.len() - 1) as f64 * p).round() as usize;
+    sorted[at]
+}
+
+/// Invocation headers of a component calling the provider.
+fn component_headers(id: &str) -> Option<async_nats::HeaderMap> {
+    let mut headers = async_nats::HeaderMap::new();
+    headers.insert("source-id", id);
+    headers.insert("link-name", "default");
+    Some(headers)
+}
+
+#[tokio::main]
+async fn main() -> anyhow::Result<()> {
+    let args: Vec<String> = std::env::args().skip(1).collect();
+    let quick = args.iter().any(|a| a == "--quick");
+    let json_path = args
+        .iter()
+        .position(|a| a == "--json")
+        .and_then(|i| args.get(i + 1).cloned())
+        .unwrap_or_else(|| "target/bench.json".to_string());
+    let sizes = Sizes::new(quick);
+    let mut report = Report::default();
+
+    let lattice = Lattice::start().await;
+    let provider = lattice.provider(&[]).await;
+    let nats = Arc::new(lattice.nats.client().await);
+
+    println!("raw NATS");
+    raw_publish(&lattice, &sizes, &mut report).await?;
+
+    println!("bare wRPC call to a no-op handle-message");
+    let noop = lattice.component("noop", Behaviour::no_op()).await;
+    let bare =
+        wrpc_transport_nats::Client::new(Arc::clone(&nats), format!("{}.noop", lattice.name), None)
+            .await?;
+    let bare = Arc::new(bare);
+    for (label, size) in [("16 B", 16), ("16 KiB", 16 * 1024)] {
+        for c in [1, 16, 128] {
+            let body = Bytes::from(vec![b'x'; size]);
+            let client = Arc::clone(&bare);
+            let rate = measure(sizes.calls, c, move |_| {
+                let client = Arc::clone(&client);
+                let msg = HandlerMessage {
+                    subject: "bench".into(),
+                    body: body.clone(),
+                    reply_to: None,
+                };
+                async move {
+                    handler::handle_message(client.as_ref(), None, &msg)
+                        .await?
+                        .map_err(anyhow::Error::msg)
+                }
+            })
+            .await;
+            report.add(
+                &format!("bare call {label} c{c}"),
+                rate.per_second,
+                "calls/s",
+            );
+            report.add(
+                &format!("bare call {label} c{c} lost"),
+                rate.lost as f64,
+                "calls",
+            );
+        }
+    }
+    drop(noop);
+
+    println!("publish through the provider");
+    let publisher = lattice.component("pub", Behaviour::no_op()).await;
+    provider.put_link(&Link::consumer("pub", &[])).await;
+    let caller = Arc::new(
+        wrpc_transport_nats::Client::new(
+            Arc::clone(&nats),
+            format!("{}.{}", lattice.name, provider.key),
+            None,
+        )
+        .await?,
+    );
+    for (label, size) in [("16 B", 16), ("16 KiB", 16 * 1024)] {
+        for c in [1, 16, 128] {
+            let body = Bytes::from(vec![b'x'; size]);
+            let client = Arc::clone(&caller);
+            let rate = measure(sizes.calls, c, move |_| {
+                let client = Arc::clone(&client);
+                let msg = BrokerMessage {
+                    subject: "bench.published".into(),
+                    body: body.clone(),
+                    reply_to: None,
+                };
+                async move {
+                    consumer::publish(client.as_ref(), component_headers("pub"), &msg)
+                        .await?
+                        .map_err(anyhow::Error::msg)
+                }
+            })
+            .await;
+            let name = format!("publish {label} c{c}");
+            report.add(&name, rate.per_second, "calls/s");
+            report.add(&format!("{name} lost"), rate.lost as f64, "calls");
+            let ratio = rate.per_second / report.get(&format!("bare call {label} c{c}"));
+            report.add(&format!("{name} / bare"), ratio, "x");
+        }
+    }
+
+    println!("request through the provider");
+    requests(&lattice, &caller, &bare, &sizes, &mut report).await?;
+    drop(publisher);
+
+    println!("delivery to a no-op handle-message");
+    deliveries(&lattice, &provider, &sizes, &mut report).await?;
+
+    println!("memory");
+    memory(&lattice, &provider, &sizes, &mut report).await?;
+
+    print_table(&report, quick);
+    let json: BTreeMap<_, _> = report
+        .rows
+        .iter()
+        .map(|(name, value, unit)| {
+            (
+                name.clone(),
+                serde_json::json!({ "value": value, "unit": unit }),
+            )
+        })
+        .collect();
+    if let Some(dir) = std::path::Path::new(&json_path).parent() {
+        std::fs::create_dir_all(dir).ok();
+    }
+    std::fs::write(&json_path, serde_json::to_string_pretty(&json)?)
+        .with_context(|| format!("cannot write {json_path}"))?;
+    println!("\nfigures written to {json_path}");
+
+    let missing: Vec<_> = report
+        .rows
+        .iter()
+        .filter(|(name, value, _)| !value.is_finite() || (*value <= 0.0 && !name.ends_with("lost")))
+        .map(|(name, _, _)| name.clone())
+        .collect();
+    if !missing.is_empty() {
+        bail!("figures not produced: {missing:?}");
+    }
+    Ok(())
+}
+
+/// Raw async-nats publish rate (16 B, flushed at the end).
+async fn raw_publish(lattice: &Lattice, sizes: &Sizes, report: &mut Report) -> anyhow::Result<()> {
+    let client = lattice.nats.client().await;
+    let body = Bytes::from_static(&[b'x'; 16]);
+    let started = Instant::now();
+    for _ in 0..sizes.raw_messages {
+        client.publish("bench.raw", body.clone()).await?;
+    }
+    client.flush().await?;
+    report.add(
+        "raw NATS publish 16 B",
+        sizes.raw_messages as f64 / started.elapsed().as_secs_f64(),
+        "msg/s",
+    );
+    Ok(())
+}
+
+/// Request latency through the provider against a responder on raw NATS,
+/// next to a raw NATS request and the floor (bare call + raw request).
+async fn requests(
+    lattice: &Lattice,
+    caller: &wrpc_transport_nats::Client,
+    bare: &wrpc_transport_nats::Client,
+    sizes: &Sizes,
+    report: &mut Report,
+) -> anyhow::Result<()> {
+    let responder = lattice.nats.client().await;
+    let mut requests = responder.subscribe("bench.echo").await?;
+    round_trip(&responder).await;
+    let answering = {
+        let responder = responder.clone();
+        tokio::spawn(async move {
+            while let Some(request) = requests.next().await {
+                if let Some(reply) = request.reply {
+                    let _ = responder.publish(reply, request.payload).await;
+                }
+            }
+        })
+    };
+    let body = Bytes::from_static(&[b'x'; 16]);
+
+    let mut through = Vec::with_capacity(sizes.requests);
+    for _ in 0..sizes.requests {
+        let started = Instant::now();
+        let call = consumer::request(caller, component_headers("pub"), "bench.echo", &body, 1000);
+        if let Ok(Ok(Ok(_))) = tokio::time::timeout(CALL_TIMEOUT, call).await {
+            through.push(started.elapsed());
+        }
+    }
+    let client = lattice.nats.client().await;
+    let mut raw = Vec::with_capacity(sizes.requests);
+    for _ in 0..sizes.requests {
+        let started = Instant::now();
+        if client.request("bench.echo", body.clone()).await.is_ok() {
+            raw.push(started.elapsed());
+        }
+    }
+    let msg = HandlerMessage {
+        subject: "bench".into(),
+        body: body.clone(),
+        reply_to: None,
+    };
+    let _noop = lattice.component("noop", Behaviour::no_op()).await;
+    let mut calls = Vec::with_capacity(sizes.requests);
+    for _ in 0..sizes.requests {
+        let started = Instant::now();
+        if let Ok(Ok(Ok(()))) =
+            tokio::time::timeout(CALL_TIMEOUT, handler::handle_message(bare, None, &msg)).await
+        {
+            calls.push(started.elapsed());
+        }
+    }
+    answering.abort();
+    for samples in [&mut through, &mut raw, &mut calls] {
+        samples.sort();
+    }
+    let us = |d: Duration| d.as_secs_f64() * 1e6;
+    let floor = us(percentile(&calls, 0.5)) + us(percentile(&raw, 0.5));
+    report.add("request p50", us(percentile(&through, 0.5)), "us");
+    report.add("request p99", us(percentile(&through, 0.99)), "us");
+    report.add("raw NATS request p50", us(percentile(&raw, 0.5)), "us");
+    report.add("bare call p50", us(percentile(&calls, 0.5)), "us");
+    report.add("request floor (bare call + raw request)", floor, "us");
+    report.add(
+        "request p50 above the floor",
+        us(percentile(&through, 0.5)) - floor,
+        "us",
+    );
+    report.add(
+        "requests lost",
+        (sizes.requests - through.len()) as f64,
+        "requests",
+    );
+    Ok(())
+}
+
+/// Delivery rate to a no-op handler at `max_in_flight` 1, 16 and 128, with
+/// its ratio to the bare call at the same concurrency.
+async fn deliveries(
+    lattice: &Lattice,
+    provider: &Provider,
+    sizes: &Sizes,
+    report: &mut Report,
+) -> anyhow::Result<()> {
+    let publisher = lattice.nats.client().await;
+    for max_in_flight in [1, 16, 128] {
+        let id = format!("deliver{max_in_flight}");
+        let subject = format!("bench.deliver.{max_in_flight}");
+        let component = lattice.component(&id, Behaviour::no_op()).await;
+        let mif = max_in_flight.to_string();
+        let link = Link::handler(
+            &id,
+            &[
+                ("subscriptions", subject.as_str()),
+                ("max_in_flight", mif.as_str()),
+            ],
+        );
+        provider.put_link(&link).await;
+        // At concurrency 1 fewer messages: each takes a whole round trip.
+        let n = if max_in_flight == 1 {
+            sizes.deliveries / 6
+        } else {
+            sizes.deliveries
+        };
+        let body = Bytes::from_static(&[b'x'; 16]);
+        let started = Instant::now();
+        for _ in 0..n {
+            publisher.publish(subject.clone(), body.clone()).await?;
+        }
+        publisher.flush().await?;
+        let deadline = Instant::now() + Duration::from_secs(120);
+        let mut last_progress = (component.handled(), Instant::now());
+        while component.handled() < n && Instant::now() < deadline {
+            tokio::time::sleep(Duration::from_millis(5)).await;
+            let handled = component.handled();
+            if handled != last_progress.0 {
+                last_progress = (handled, Instant::now());
+            } else if last_progress.1.elapsed() > 3 * CALL_TIMEOUT {
+                // What is left was lost on the way (and counted).
+                break;
+            }
+        }
+        let handled = component.handled();
+        let lost = n - handled;
+        let elapsed = last_progress
+            .1
+            .duration_since(started)
+            .as_secs_f64()
+            .max(1e-9);
+        let rate = handled as f64 / elapsed;
+        let name = format!("delivery max_in_flight {max_in_flight}");
+        report.add(&name, rate, "msg/s");
+        report.add(&format!("{name} lost"), lost as f64, "msg");
+        let bare = report.get(&format!("bare call 16 B c{max_in_flight}"));
+        report.add(&format!("{name} / bare"), rate / bare, "x");
+        provider.delete_link(&link).await;
+    }
+    Ok(())
+}
+
+/// Resident memory: idle, after 60,000 deliveries, the peak of a burst into
+/// a slow handler, and with many links.
+async fn memory(
+    lattice: &Lattice,
+    provider: &Provider,
+    sizes: &Sizes,
+    report: &mut Report,
+) -> anyhow::Result<()> {
+    let mib = |kib: u64| kib as f64 / 1024.0;
+    tokio::time::sleep(Duration::from_millis(500)).await;
+    report.add("RSS after the runs above", mib(provider.rss_kib()), "MiB");
+
+    let fresh = lattice.provider_with_key("bench-memory", &[]).await;
+    tokio::time::sleep(Duration::from_millis(500)).await;
+    report.add("RSS idle", mib(fresh.rss_kib()), "MiB");
+
+    let component = lattice.component("mem", Behaviour::no_op()).await;
+    let link = Link::handler(
+        "mem",
+        &[("subscriptions", "bench.mem"), ("max_in_flight", "16")],
+    );
+    fresh.put_link(&link).await;
+    let publisher = lattice.nats.client().await;
+    let body = Bytes::from_static(&[b'x'; 16]);
+    for round in 0..(sizes.deliveries / 1000) {
+        for _ in 0..1000 {
+            publisher.publish("bench.mem", body.clone()).await?;
+        }
+        publisher.flush().await?;
+        // Paced so that nothing is dropped: this is about what stays.
+        while component.handled() + 100 < (round + 1) * 1000 {
+            tokio::time::sleep(Duration::from_millis(2)).await;
+        }
+    }
+    tokio::time::sleep(Duration::from_millis(500)).await;
+    report.add(
+        &format!("RSS after {} deliveries", sizes.deliveries),
+        mib(fresh.rss_kib()),
+        "MiB",
+    );
+    fresh.delete_link(&link).await;
+
+    let slow = lattice
+        .component("slow", Behaviour::slow(Duration::from_millis(20)))
+        .await;
+    let link = Link::handler(
+        "slow",
+        &[("subscriptions", "bench.burst"), ("max_in_flight", "16")],
+    );
+    fresh.put_link(&link).await;
+    let mut peak = fresh.rss_kib();
+    for i in 0..sizes.burst {
+        publisher.publish("bench.burst", body.clone()).await?;
+        if i % 1000 == 0 {
+            peak = peak.max(fresh.rss_kib());
+        }
+    }
+    publisher.flush().await?;
+    for _ in 0..20 {
+        peak = peak.max(fresh.rss_kib());
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+    report.add(
+        &format!(
+            "RSS peak, burst of {} into a 20 ms handler, max_in_flight 16",
+            sizes.burst
+        ),
+        mib(peak),
+        "MiB",
+    );
+    report.add(
+        "peak in flight during the burst",
+        slow.peak_in_flight() as f64,
+        "calls",
+    );
+    fresh.delete_link(&link).await;
+
+    let many: Vec<_> = (0..sizes.links)
+        .map(|i| {
+            if i % 2 == 0 {
+                Link::handler(&format!("h{i}"), &[("subscriptions", "bench.many")])
+            } else {
+                Link::consumer(&format!("c{i}"), &[])
+            }
+        })
+        .collect();
+    for link in &many {
+        fresh.put_link(link).await;
+    }
+    tokio::time::sleep(Duration::from_millis(500)).await;
+    report.add(
+        &format!("RSS with {} links", sizes.links),
+        mib(fresh.rss_kib()),
+        "MiB",
+    );
+    Ok(())
+}
+
+fn print_table(report: &Report, quick: bool) {
+    println!(
+        "\n## messaging-nats benchmark{}\n",
+        if quick {
+            " (--quick: counts too small to compare)"
+        } else {
+            ""
+        }
+    );
+    println!("| figure | value | unit |\n|---|---:|---|");
+    for (name, value, unit) in &report.rows {
+        println!("| {name} | {value:.2} | {unit} |");
+    }
+}
