@@ -18,7 +18,7 @@ use bytes::Bytes;
 use futures::StreamExt as _;
 use messaging_nats_harness::component::bindings::wasmcloud::messaging::consumer;
 use messaging_nats_harness::{
-    round_trip, Behaviour, BrokerMessage, Lattice, Link, Provider, ServerExt as _,
+    round_trip, Behaviour, BrokerMessage, Component, Lattice, Link, Provider, ServerExt as _,
 };
 
 mod bindings {
@@ -153,9 +153,53 @@ fn component_headers(id: &str) -> Option<async_nats::HeaderMap> {
     Some(headers)
 }
 
+/// Serves a no-op `handle-message` in a process of its own (this program
+/// run as `serve-noop <nats url> <lattice> <component id>`), so that the
+/// bare call crosses processes as the provider's calls do.
+async fn serve_noop(args: &[String]) -> anyhow::Result<()> {
+    let [url, lattice, id] = args else {
+        bail!("usage: serve-noop <nats url> <lattice> <component id>");
+    };
+    let nats = async_nats::connect(url.as_str()).await?;
+    let _component = Component::start_on(nats, lattice, id, Behaviour::no_op()).await;
+    println!("serving");
+    std::future::pending::<()>().await;
+    Ok(())
+}
+
+/// The no-op component in a child process, killed on drop.
+struct NoopProcess(std::process::Child);
+
+impl NoopProcess {
+    fn start(lattice: &Lattice, id: &str) -> anyhow::Result<Self> {
+        use std::io::BufRead as _;
+        let mut child = std::process::Command::new(std::env::current_exe()?)
+            .args(["serve-noop", &lattice.nats.url(), &lattice.name, id])
+            .stdout(std::process::Stdio::piped())
+            .spawn()?;
+        let stdout = child.stdout.take().context("child stdout")?;
+        let mut line = String::new();
+        std::io::BufReader::new(stdout).read_line(&mut line)?;
+        if line.trim() != "serving" {
+            bail!("the no-op component did not start");
+        }
+        Ok(Self(child))
+    }
+}
+
+impl Drop for NoopProcess {
+    fn drop(&mut self) {
+        let _ = self.0.kill();
+        let _ = self.0.wait();
+    }
+}
+
 #[tokio::main]
 async fn main() -> anyhow::Result<()> {
     let args: Vec<String> = std::env::args().skip(1).collect();
+    if args.first().map(String::as_str) == Some("serve-noop") {
+        return serve_noop(&args[1..]).await;
+    }
     let quick = args.iter().any(|a| a == "--quick");
     let json_path = args
         .iter()
@@ -172,8 +216,8 @@ async fn main() -> anyhow::Result<()> {
     println!("raw NATS");
     raw_publish(&lattice, &sizes, &mut report).await?;
 
-    println!("bare wRPC call to a no-op handle-message");
-    let noop = lattice.component("noop", Behaviour::no_op()).await;
+    println!("bare wRPC call to a no-op handle-message in another process");
+    let noop = NoopProcess::start(&lattice, "noop")?;
     let bare =
         wrpc_transport_nats::Client::new(Arc::clone(&nats), format!("{}.noop", lattice.name), None)
             .await?;
@@ -349,7 +393,7 @@ async fn requests(
         body: body.clone(),
         reply_to: None,
     };
-    let _noop = lattice.component("noop", Behaviour::no_op()).await;
+    let _noop = NoopProcess::start(lattice, "noop")?;
     let mut calls = Vec::with_capacity(sizes.requests);
     for _ in 0..sizes.requests {
         let started = Instant::now();

@@ -125,14 +125,22 @@ pub struct Component {
 
 impl Component {
     pub(super) async fn start(lattice: &Lattice, id: &str, behaviour: Behaviour) -> Self {
-        let nats = Arc::new(lattice.nats.client().await);
-        let wrpc = wrpc_transport_nats::Client::new(
-            Arc::clone(&nats),
-            format!("{}.{id}", lattice.name),
-            None,
-        )
-        .await
-        .expect("wrpc client");
+        Self::start_on(lattice.nats.client().await, &lattice.name, id, behaviour).await
+    }
+
+    /// Serves `handler` as component `id` of lattice `lattice` over `nats`
+    /// (for a component in a process of its own).
+    pub async fn start_on(
+        nats: async_nats::Client,
+        lattice: &str,
+        id: &str,
+        behaviour: Behaviour,
+    ) -> Self {
+        let nats = Arc::new(nats);
+        let wrpc =
+            wrpc_transport_nats::Client::new(Arc::clone(&nats), format!("{lattice}.{id}"), None)
+                .await
+                .expect("wrpc client");
         let (tx, received) = mpsc::unbounded_channel();
         let peak = Arc::new(AtomicUsize::new(0));
         let handled = Arc::new(AtomicUsize::new(0));
@@ -162,7 +170,7 @@ impl Component {
             received,
             peak,
             handled,
-            lattice: lattice.name.clone(),
+            lattice: lattice.to_string(),
             nats,
             serving,
         }
