@@ -34,7 +34,10 @@ fn main() -> std::process::ExitCode {
         eprintln!("{PROVIDER_NAME}: host data was already initialised");
         return std::process::ExitCode::from(2);
     }
-    let runtime = match tokio::runtime::Runtime::new() {
+    let runtime = match tokio::runtime::Builder::new_current_thread()
+        .enable_all()
+        .build()
+    {
         Ok(runtime) => runtime,
         Err(err) => {
             eprintln!("{PROVIDER_NAME}: cannot start the async runtime: {err}");

@@ -206,56 +206,27 @@ async fn main() -> anyhow::Result<()> {
         .position(|a| a == "--json")
         .and_then(|i| args.get(i + 1).cloned())
         .unwrap_or_else(|| "target/bench.json".to_string());
+    // `--only NAME` runs one part (raw, bare, publish, request, delivery,
+    // memory), e.g. to profile the provider during it.
+    let only = args
+        .iter()
+        .position(|a| a == "--only")
+        .and_then(|i| args.get(i + 1).cloned());
+    let runs = |part: &str| only.as_deref().is_none_or(|o| o == part);
     let sizes = Sizes::new(quick);
     let mut report = Report::default();
 
     let lattice = Lattice::start().await;
     let provider = lattice.provider(&[]).await;
     let nats = Arc::new(lattice.nats.client().await);
-
-    println!("raw NATS");
-    raw_publish(&lattice, &sizes, &mut report).await?;
-
-    println!("bare wRPC call to a no-op handle-message in another process");
-    let noop = NoopProcess::start(&lattice, "noop")?;
-    let bare =
+    // The bare call is every ratio's baseline: measured unless only raw
+    // NATS or memory is asked for.
+    let _noop = NoopProcess::start(&lattice, "noop")?;
+    let bare = Arc::new(
         wrpc_transport_nats::Client::new(Arc::clone(&nats), format!("{}.noop", lattice.name), None)
-            .await?;
-    let bare = Arc::new(bare);
-    for (label, size) in [("16 B", 16), ("16 KiB", 16 * 1024)] {
-        for c in [1, 16, 128] {
-            let body = Bytes::from(vec![b'x'; size]);
-            let client = Arc::clone(&bare);
-            let rate = measure(sizes.calls, c, move |_| {
-                let client = Arc::clone(&client);
-                let msg = HandlerMessage {
-                    subject: "bench".into(),
-                    body: body.clone(),
-                    reply_to: None,
-                };
-                async move {
-                    handler::handle_message(client.as_ref(), None, &msg)
-                        .await?
-                        .map_err(anyhow::Error::msg)
-                }
-            })
-            .await;
-            report.add(
-                &format!("bare call {label} c{c}"),
-                rate.per_second,
-                "calls/s",
-            );
-            report.add(
-                &format!("bare call {label} c{c} lost"),
-                rate.lost as f64,
-                "calls",
-            );
-        }
-    }
-    drop(noop);
-
-    println!("publish through the provider");
-    let publisher = lattice.component("pub", Behaviour::no_op()).await;
+            .await?,
+    );
+    let _publisher = lattice.component("pub", Behaviour::no_op()).await;
     provider.put_link(&Link::consumer("pub", &[])).await;
     let caller = Arc::new(
         wrpc_transport_nats::Client::new(
@@ -265,41 +236,28 @@ async fn main() -> anyhow::Result<()> {
         )
         .await?,
     );
-    for (label, size) in [("16 B", 16), ("16 KiB", 16 * 1024)] {
-        for c in [1, 16, 128] {
-            let body = Bytes::from(vec![b'x'; size]);
-            let client = Arc::clone(&caller);
-            let rate = measure(sizes.calls, c, move |_| {
-                let client = Arc::clone(&client);
-                let msg = BrokerMessage {
-                    subject: "bench.published".into(),
-                    body: body.clone(),
-                    reply_to: None,
-                };
-                async move {
-                    consumer::publish(client.as_ref(), component_headers("pub"), &msg)
-                        .await?
-                        .map_err(anyhow::Error::msg)
-                }
-            })
-            .await;
-            let name = format!("publish {label} c{c}");
-            report.add(&name, rate.per_second, "calls/s");
-            report.add(&format!("{name} lost"), rate.lost as f64, "calls");
-            let ratio = rate.per_second / report.get(&format!("bare call {label} c{c}"));
-            report.add(&format!("{name} / bare"), ratio, "x");
-        }
+
+    if runs("raw") {
+        println!("raw NATS");
+        raw_publish(&lattice, &sizes, &mut report).await?;
     }
-
-    println!("request through the provider");
-    requests(&lattice, &caller, &bare, &sizes, &mut report).await?;
-    drop(publisher);
-
-    println!("delivery to a no-op handle-message");
-    deliveries(&lattice, &provider, &sizes, &mut report).await?;
-
-    println!("memory");
-    memory(&lattice, &provider, &sizes, &mut report).await?;
+    if runs("bare") || runs("publish") || runs("delivery") {
+        println!("bare wRPC call to a no-op handle-message in another process, and publish");
+        let publish = runs("publish").then_some(&caller);
+        calls(&bare, publish, &sizes, &mut report).await;
+    }
+    if runs("request") {
+        println!("request through the provider");
+        requests(&lattice, &caller, &bare, &sizes, &mut report).await?;
+    }
+    if runs("delivery") {
+        println!("delivery to a no-op handle-message");
+        deliveries(&lattice, &provider, &sizes, &mut report).await?;
+    }
+    if runs("memory") {
+        println!("memory");
+        memory(&lattice, &provider, &sizes, &mut report).await?;
+    }
 
     print_table(&report, quick);
     let json: BTreeMap<_, _> = report
@@ -329,6 +287,99 @@ async fn main() -> anyhow::Result<()> {
         bail!("figures not produced: {missing:?}");
     }
     Ok(())
+}
+
+/// Rounds in which the bare call and `publish` are measured in turn, so
+/// that a busy moment of the machine hits both alike; medians are reported.
+const ROUNDS: usize = 5;
+
+/// A bare `handle-message` call to the no-op component.
+fn bare_call(
+    bare: &Arc<wrpc_transport_nats::Client>,
+    body: Bytes,
+) -> impl Fn(usize) -> futures::future::BoxFuture<'static, anyhow::Result<()>> + Clone + Send + 'static
+{
+    let client = Arc::clone(bare);
+    move |_| {
+        let client = Arc::clone(&client);
+        let msg = HandlerMessage {
+            subject: "bench".into(),
+            body: body.clone(),
+            reply_to: None,
+        };
+        Box::pin(async move {
+            handler::handle_message(client.as_ref(), None, &msg)
+                .await?
+                .map_err(anyhow::Error::msg)
+        })
+    }
+}
+
+/// A `publish` through the provider.
+fn publish_call(
+    caller: &Arc<wrpc_transport_nats::Client>,
+    body: Bytes,
+) -> impl Fn(usize) -> futures::future::BoxFuture<'static, anyhow::Result<()>> + Clone + Send + 'static
+{
+    let client = Arc::clone(caller);
+    move |_| {
+        let client = Arc::clone(&client);
+        let msg = BrokerMessage {
+            subject: "bench.published".into(),
+            body: body.clone(),
+            reply_to: None,
+        };
+        Box::pin(async move {
+            consumer::publish(client.as_ref(), component_headers("pub"), &msg)
+                .await?
+                .map_err(anyhow::Error::msg)
+        })
+    }
+}
+
+fn median(mut values: Vec<f64>) -> f64 {
+    values.sort_by(f64::total_cmp);
+    values.get(values.len() / 2).copied().unwrap_or(f64::NAN)
+}
+
+/// Bare `handle-message` calls to the no-op component, and (when asked)
+/// `publish` through the provider, 16 B and 16 KiB, at concurrency 1, 16
+/// and 128, measured in turn over [`ROUNDS`] rounds.
+async fn calls(
+    bare: &Arc<wrpc_transport_nats::Client>,
+    caller: Option<&Arc<wrpc_transport_nats::Client>>,
+    sizes: &Sizes,
+    report: &mut Report,
+) {
+    let per_round = (sizes.calls / ROUNDS).max(1);
+    for (label, size) in [("16 B", 16), ("16 KiB", 16 * 1024)] {
+        for c in [1, 16, 128] {
+            let body = Bytes::from(vec![b'x'; size]);
+            let (mut bare_rates, mut publish_rates) = (Vec::new(), Vec::new());
+            let (mut bare_lost, mut publish_lost) = (0, 0);
+            for _ in 0..ROUNDS {
+                let rate = measure(per_round, c, bare_call(bare, body.clone())).await;
+                bare_rates.push(rate.per_second);
+                bare_lost += rate.lost;
+                if let Some(caller) = caller {
+                    let rate = measure(per_round, c, publish_call(caller, body.clone())).await;
+                    publish_rates.push(rate.per_second);
+                    publish_lost += rate.lost;
+                }
+            }
+            let bare_rate = median(bare_rates);
+            let name = format!("bare call {label} c{c}");
+            report.add(&name, bare_rate, "calls/s");
+            report.add(&format!("{name} lost"), bare_lost as f64, "calls");
+            if caller.is_some() {
+                let publish_rate = median(publish_rates);
+                let name = format!("publish {label} c{c}");
+                report.add(&name, publish_rate, "calls/s");
+                report.add(&format!("{name} lost"), publish_lost as f64, "calls");
+                report.add(&format!("{name} / bare"), publish_rate / bare_rate, "x");
+            }
+        }
+    }
 }
 
 /// Raw async-nats publish rate (16 B, flushed at the end).
