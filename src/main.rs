@@ -34,6 +34,10 @@ fn main() -> std::process::ExitCode {
         eprintln!("{PROVIDER_NAME}: host data was already initialised");
         return std::process::ExitCode::from(2);
     }
+    // One thread: the provider mostly waits on sockets, and wake-ups across
+    // worker threads cost more than a second thread gives (see
+    // BENCHMARKS.md: delivery and publish rates rose on 2 cores). Nothing
+    // here blocks the thread for long.
     let runtime = match tokio::runtime::Builder::new_current_thread()
         .enable_all()
         .build()
