@@ -13,10 +13,11 @@ use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::sync::Arc;
 use std::time::Duration;
 
+use futures::stream::FuturesUnordered;
 use futures::stream::{self, StreamExt as _};
 use futures::FutureExt as _;
 use tokio::sync::watch;
-use tokio::task::{JoinHandle, JoinSet};
+use tokio::task::JoinHandle;
 use tokio::time::Instant;
 use tokio_util::sync::CancellationToken;
 use tracing::{debug, info, trace, warn, Instrument as _};
@@ -274,12 +275,15 @@ async fn run(link: LinkTask, mut messages: stream::SelectAll<async_nats::Subscri
         subscriber_records: _records,
     } = link;
     let mut queue = Queue::new(settings.max_in_flight, connection.max_payload());
-    let mut in_flight = JoinSet::new();
+    // Deliveries run inside this task rather than as tasks of their own: on
+    // the provider's single thread that saves a task and a wake-up per
+    // message.
+    let mut in_flight = FuturesUnordered::new();
     let mut drain_deadline = None;
     loop {
         while in_flight.len() < settings.max_in_flight {
             let Some(msg) = queue.pop() else { break };
-            in_flight.spawn(deliver(
+            in_flight.push(deliver(
                 msg,
                 target.clone(),
                 settings.handler_timeout,
@@ -316,13 +320,9 @@ async fn run(link: LinkTask, mut messages: stream::SelectAll<async_nats::Subscri
                     left += 1;
                 }
                 status.dropped.fetch_add(left, Ordering::Relaxed);
-                // Only calls still running count as aborted: the set also
-                // holds finished ones not yet collected (counted already).
-                in_flight.abort_all();
-                let mut aborted = 0;
-                while let Some(result) = in_flight.join_next().await {
-                    aborted += u64::from(result.is_err_and(|err| err.is_cancelled()));
-                }
+                // Dropping the set cancels the calls still running.
+                let aborted = in_flight.len() as u64;
+                drop(std::mem::take(&mut in_flight));
                 status.aborted.fetch_add(aborted, Ordering::Relaxed);
                 warn!(
                     aborted,
@@ -333,7 +333,7 @@ async fn run(link: LinkTask, mut messages: stream::SelectAll<async_nats::Subscri
                 );
                 break;
             }
-            Some(_) = in_flight.join_next(), if !in_flight.is_empty() => {}
+            Some(()) = in_flight.next(), if !in_flight.is_empty() => {}
             next = messages.next(), if !messages.is_empty() => match next {
                 Some(msg) if queue.has_room_for(&msg) => queue.push(msg),
                 Some(msg) => {

@@ -80,13 +80,6 @@ impl Report {
         println!("  {name}: {value:.3} {unit}");
         self.rows.push((name.to_string(), value, unit.to_string()));
     }
-
-    fn get(&self, name: &str) -> f64 {
-        self.rows
-            .iter()
-            .find(|(n, _, _)| n == name)
-            .map_or(f64::NAN, |(_, v, _)| *v)
-    }
 }
 
 /// Calls made at a concurrency, and how many were lost.
@@ -241,7 +234,7 @@ async fn main() -> anyhow::Result<()> {
         println!("raw NATS");
         raw_publish(&lattice, &sizes, &mut report).await?;
     }
-    if runs("bare") || runs("publish") || runs("delivery") {
+    if runs("bare") || runs("publish") {
         println!("bare wRPC call to a no-op handle-message in another process, and publish");
         let publish = runs("publish").then_some(&caller);
         calls(&bare, publish, &sizes, &mut report).await;
@@ -252,7 +245,7 @@ async fn main() -> anyhow::Result<()> {
     }
     if runs("delivery") {
         println!("delivery to a no-op handle-message");
-        deliveries(&lattice, &provider, &sizes, &mut report).await?;
+        deliveries(&lattice, &provider, &bare, &sizes, &mut report).await?;
     }
     if runs("memory") {
         println!("memory");
@@ -488,6 +481,7 @@ async fn requests(
 async fn deliveries(
     lattice: &Lattice,
     provider: &Provider,
+    bare: &Arc<wrpc_transport_nats::Client>,
     sizes: &Sizes,
     report: &mut Report,
 ) -> anyhow::Result<()> {
@@ -511,37 +505,44 @@ async fn deliveries(
         } else {
             sizes.deliveries
         };
+        let per_round = (n / ROUNDS).max(1);
         let body = Bytes::from_static(&[b'x'; 16]);
-        let started = Instant::now();
-        for _ in 0..n {
-            publisher.publish(subject.clone(), body.clone()).await?;
-        }
-        publisher.flush().await?;
-        let deadline = Instant::now() + Duration::from_secs(120);
-        let mut last_progress = (component.handled(), Instant::now());
-        while component.handled() < n && Instant::now() < deadline {
-            tokio::time::sleep(Duration::from_millis(5)).await;
-            let handled = component.handled();
-            if handled != last_progress.0 {
-                last_progress = (handled, Instant::now());
-            } else if last_progress.1.elapsed() > 3 * CALL_TIMEOUT {
-                // What is left was lost on the way (and counted).
-                break;
+        let (mut rates, mut bare_rates, mut lost) = (Vec::new(), Vec::new(), 0);
+        for _ in 0..ROUNDS {
+            let bare_rate = measure(per_round, max_in_flight, bare_call(bare, body.clone())).await;
+            bare_rates.push(bare_rate.per_second);
+            let before = component.handled();
+            let started = Instant::now();
+            for _ in 0..per_round {
+                publisher.publish(subject.clone(), body.clone()).await?;
             }
+            publisher.flush().await?;
+            let mut last_progress = (before, Instant::now());
+            while component.handled() < before + per_round {
+                tokio::time::sleep(Duration::from_millis(2)).await;
+                let handled = component.handled();
+                if handled != last_progress.0 {
+                    last_progress = (handled, Instant::now());
+                } else if last_progress.1.elapsed() > 3 * CALL_TIMEOUT {
+                    // What is left was lost on the way (and counted).
+                    break;
+                }
+            }
+            let handled = component.handled() - before;
+            lost += per_round - handled;
+            let elapsed = last_progress.1.duration_since(started).as_secs_f64();
+            rates.push(handled as f64 / elapsed.max(1e-9));
         }
-        let handled = component.handled();
-        let lost = n - handled;
-        let elapsed = last_progress
-            .1
-            .duration_since(started)
-            .as_secs_f64()
-            .max(1e-9);
-        let rate = handled as f64 / elapsed;
+        let (rate, bare_rate) = (median(rates), median(bare_rates));
         let name = format!("delivery max_in_flight {max_in_flight}");
         report.add(&name, rate, "msg/s");
         report.add(&format!("{name} lost"), lost as f64, "msg");
-        let bare = report.get(&format!("bare call 16 B c{max_in_flight}"));
-        report.add(&format!("{name} / bare"), rate / bare, "x");
+        report.add(
+            &format!("bare call 16 B c{max_in_flight}, alongside"),
+            bare_rate,
+            "calls/s",
+        );
+        report.add(&format!("{name} / bare"), rate / bare_rate, "x");
         provider.delete_link(&link).await;
     }
     Ok(())
