@@ -18,8 +18,10 @@ use bytes::Bytes;
 use futures::StreamExt as _;
 use messaging_nats_harness::component::bindings::wasmcloud::messaging::consumer;
 use messaging_nats_harness::{
-    round_trip, Behaviour, BrokerMessage, Component, Lattice, Link, Provider, ServerExt as _,
+    round_trip, Behaviour, BrokerMessage, Component, Lattice, Link, Provider, ProviderOptions,
+    ServerExt as _,
 };
+use wasmcloud_provider_sdk::core::logging::Level;
 
 mod bindings {
     // The provider's world: its import `handler` gives the caller side of a
@@ -138,6 +140,16 @@ fn percentile(sorted: &[Duration], p: f64) -> Duration {
     sorted[at]
 }
 
+/// The provider as a host starts it by default: logging at `info` (the
+/// tests' `debug` formats lines on the delivery path).
+fn provider_options(key: &str) -> ProviderOptions {
+    ProviderOptions {
+        key: key.to_string(),
+        log_level: Level::Info,
+        ..ProviderOptions::default()
+    }
+}
+
 /// Invocation headers of a component calling the provider.
 fn component_headers(id: &str) -> Option<async_nats::HeaderMap> {
     let mut headers = async_nats::HeaderMap::new();
@@ -210,7 +222,9 @@ async fn main() -> anyhow::Result<()> {
     let mut report = Report::default();
 
     let lattice = Lattice::start().await;
-    let provider = lattice.provider(&[]).await;
+    let provider = lattice
+        .provider_with(provider_options("messaging-nats-bench"))
+        .await;
     let nats = Arc::new(lattice.nats.client().await);
     // The bare call is every ratio's baseline: measured unless only raw
     // NATS or memory is asked for.
@@ -560,7 +574,9 @@ async fn memory(
     tokio::time::sleep(Duration::from_millis(500)).await;
     report.add("RSS after the runs above", mib(provider.rss_kib()), "MiB");
 
-    let fresh = lattice.provider_with_key("bench-memory", &[]).await;
+    let fresh = lattice
+        .provider_with(provider_options("bench-memory"))
+        .await;
     tokio::time::sleep(Duration::from_millis(500)).await;
     report.add("RSS idle", mib(fresh.rss_kib()), "MiB");
 
