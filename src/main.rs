@@ -15,6 +15,24 @@ const PROVIDER_NAME: &str = "messaging-nats";
 /// put a credential in link config rather than in secrets.
 const LOG_CAP: &str = "wasmcloud_provider_sdk=info";
 
+/// The NATS client echoes every connection event at `info`, which the SDK
+/// lets through whatever the level; the provider logs those events itself
+/// (naming the servers), so the client's own lines show only when
+/// `RUST_LOG` names `async_nats`.
+const NATS_CLIENT_QUIET: &str = "async_nats=warn";
+
+/// `RUST_LOG` as the provider applies it: the host's filter, then the caps.
+fn log_filter(rust_log: &str) -> String {
+    let mut filter = rust_log.to_string();
+    if !rust_log.contains("async_nats") {
+        filter.push(',');
+        filter.push_str(NATS_CLIENT_QUIET);
+    }
+    filter.push(',');
+    filter.push_str(LOG_CAP);
+    filter.trim_start_matches(',').to_string()
+}
+
 fn main() -> std::process::ExitCode {
     let host_data = match host_data::read(std::io::stdin().lock()) {
         Ok(data) => data,
@@ -25,10 +43,9 @@ fn main() -> std::process::ExitCode {
     };
     // Set before the runtime starts any thread that could read the
     // environment at the same time.
-    let rust_log = std::env::var("RUST_LOG").unwrap_or_default();
     std::env::set_var(
         "RUST_LOG",
-        format!("{rust_log},{LOG_CAP}").trim_start_matches(','),
+        log_filter(&std::env::var("RUST_LOG").unwrap_or_default()),
     );
     if wasmcloud_provider_sdk::provider::initialize_host_data(host_data).is_err() {
         eprintln!("{PROVIDER_NAME}: host data was already initialised");
@@ -127,5 +144,22 @@ async fn serve(
             },
             () = &mut stopped => return Ok(()),
         }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn the_nats_client_is_quiet_unless_rust_log_names_it() {
+        assert_eq!(
+            log_filter(""),
+            "async_nats=warn,wasmcloud_provider_sdk=info"
+        );
+        assert_eq!(
+            log_filter("debug,async_nats=debug"),
+            "debug,async_nats=debug,wasmcloud_provider_sdk=info"
+        );
     }
 }
