@@ -15,10 +15,9 @@ use std::time::{Duration, Instant};
 
 use anyhow::{bail, Context as _};
 use bytes::Bytes;
-use futures::StreamExt as _;
 use messaging_nats_harness::component::bindings::wasmcloud::messaging::consumer;
 use messaging_nats_harness::{
-    round_trip, Behaviour, BrokerMessage, Component, Lattice, Link, Provider, ProviderOptions,
+    echo_responder, Behaviour, BrokerMessage, Component, Lattice, Link, Provider, ProviderOptions,
     ServerExt as _,
 };
 use wasmcloud_provider_sdk::core::logging::Level;
@@ -421,18 +420,7 @@ async fn requests(
     report: &mut Report,
 ) -> anyhow::Result<()> {
     let responder = lattice.nats.client().await;
-    let mut requests = responder.subscribe("bench.echo").await?;
-    round_trip(&responder).await;
-    let answering = {
-        let responder = responder.clone();
-        tokio::spawn(async move {
-            while let Some(request) = requests.next().await {
-                if let Some(reply) = request.reply {
-                    let _ = responder.publish(reply, request.payload).await;
-                }
-            }
-        })
-    };
+    let answering = echo_responder(&responder, "bench.echo").await;
     let body = Bytes::from_static(&[b'x'; 16]);
 
     let mut through = Vec::with_capacity(sizes.requests);

@@ -10,7 +10,7 @@ use futures::StreamExt as _;
 use wasmcloud_provider_sdk::core::secrets::SecretValue;
 
 use crate::support::{
-    message, next_message, pairs, round_trip, Behaviour, Lattice, Link, NatsServer,
+    echo_responder, message, next_message, pairs, round_trip, Behaviour, Lattice, Link, NatsServer,
     ProviderOptions, ServerExt as _, ServerOptions, WAIT,
 };
 
@@ -558,19 +558,9 @@ async fn cluster_failover_keeps_publish_request_and_delivery_going() {
         .expect("the provider is connected to a node");
     let survivor = (connected + 1) % 3;
     let client = nodes[survivor].client().await;
-    let mut responder = client.subscribe("svc").await.unwrap();
+    let answering = echo_responder(&client, "svc").await;
     let mut published = client.subscribe("out").await.unwrap();
     round_trip(&client).await;
-    let answering = {
-        let client = client.clone();
-        tokio::spawn(async move {
-            while let Some(request) = responder.next().await {
-                if let Some(reply) = request.reply {
-                    let _ = client.publish(reply, request.payload).await;
-                }
-            }
-        })
-    };
 
     nodes[connected].kill();
     provider

@@ -11,8 +11,8 @@ use wasmcloud_provider_sdk::core::logging::Level;
 use wasmcloud_provider_sdk::core::secrets::SecretValue;
 
 use crate::support::{
-    message, next_message, pairs, spawn_provider, Behaviour, BrokerMessage, ConsumerSetup, Lattice,
-    Link, Logs, NatsServer, ProviderOptions, WAIT,
+    echo_responder, message, next_message, pairs, spawn_provider, Behaviour, BrokerMessage,
+    ConsumerSetup, Lattice, Link, Logs, NatsServer, ProviderOptions, WAIT,
 };
 
 /// The id of the provider's one connection to `server`; panics unless there
@@ -26,20 +26,6 @@ fn provider_connection_id(server: &NatsServer) -> u64 {
         .collect();
     assert_eq!(ids.len(), 1, "provider connections: {connections:?}");
     ids[0]
-}
-
-/// Answers every request on `subject` with its own body.
-async fn echo_responder(client: &async_nats::Client, subject: &str) -> tokio::task::JoinHandle<()> {
-    let mut requests = client.subscribe(subject.to_string()).await.unwrap();
-    client.flush().await.unwrap();
-    let client = client.clone();
-    tokio::spawn(async move {
-        while let Some(request) = requests.next().await {
-            if let Some(reply) = request.reply {
-                let _ = client.publish(reply, request.payload).await;
-            }
-        }
-    })
 }
 
 #[tokio::test]

@@ -10,8 +10,8 @@ use futures::StreamExt as _;
 pub mod credentials;
 
 pub use messaging_nats_harness::{
-    pairs, round_trip, spawn_provider, Behaviour, BrokerMessage, Caller, Lattice, Link, Logs,
-    NatsServer, Provider, ProviderOptions, ServerExt, ServerOptions, WAIT,
+    echo_responder, pairs, round_trip, spawn_provider, Behaviour, BrokerMessage, Caller, Lattice,
+    Link, Logs, NatsServer, Provider, ProviderOptions, ServerExt, ServerOptions, WAIT,
 };
 
 /// The usual set-up of a consumer test: a lattice, the provider, and a

@@ -62,3 +62,25 @@ pub async fn round_trip(client: &async_nats::Client) {
     let nobody = client.new_inbox();
     let _ = tokio::time::timeout(crate::WAIT, client.request(nobody, Bytes::new())).await;
 }
+
+/// Answers every request on `subject` with its own body until the returned
+/// task is aborted; subscribed (confirmed by the server) when this returns.
+pub async fn echo_responder(
+    client: &async_nats::Client,
+    subject: &str,
+) -> tokio::task::JoinHandle<()> {
+    use futures::StreamExt as _;
+    let mut requests = client
+        .subscribe(subject.to_string())
+        .await
+        .expect("subscribe the responder");
+    round_trip(client).await;
+    let client = client.clone();
+    tokio::spawn(async move {
+        while let Some(request) = requests.next().await {
+            if let Some(reply) = request.reply {
+                let _ = client.publish(reply, request.payload).await;
+            }
+        }
+    })
+}
