@@ -300,12 +300,16 @@ async fn credentials_file_of_another_operator_fails_that_link_only_and_is_never_
     .await;
 }
 
-/// Waits until the server lists a provider connection, and returns it.
+/// Waits until the server lists an authenticated provider connection (one
+/// still in its handshake is listed without a user), and returns it.
 async fn provider_connection(data: &NatsServer) -> ServerConnection {
     let deadline = Instant::now() + WAIT;
     loop {
         let connections = authenticated_connections(data);
-        if let Some(c) = connections.iter().find(|c| c.name == PROVIDER_CONNECTION) {
+        if let Some(c) = connections
+            .iter()
+            .find(|c| c.name == PROVIDER_CONNECTION && !c.authorized_user.is_empty())
+        {
             return c.clone();
         }
         assert!(
