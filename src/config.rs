@@ -140,11 +140,6 @@ fn kind(key: &str) -> Option<Kind> {
         .map(|(_, kind)| *kind)
 }
 
-/// True for keys whose values are credentials, never shown anywhere.
-pub fn is_secret(key: &str) -> bool {
-    kind(key) == Some(Kind::Secret)
-}
-
 /// The one rule for showing a config value in an error, a log line or
 /// Debug output: credentials are never shown, URLs lose their user info,
 /// PEM text is named rather than printed; `None` means "do not show".

@@ -280,11 +280,6 @@ impl ConnectionPool {
         lock(&self.entries.0).insert(settings.clone(), Arc::downgrade(&connection));
         Ok(Lease(connection))
     }
-
-    /// Connections open now (a deleted link leaves none behind).
-    pub fn open_connections(&self) -> usize {
-        lock(&self.entries.0).len()
-    }
 }
 
 /// Keeps a connection's client alive: replaces a client that gave up

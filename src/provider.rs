@@ -102,11 +102,6 @@ impl MessagingProvider {
         info!("all links stopped");
     }
 
-    /// Connections open now; links share them.
-    pub fn open_connections(&self) -> usize {
-        self.state.pool.open_connections()
-    }
-
     // The std locks below are never held across an await or a panic-prone
     // call; a poisoned one still holds consistent data, so it is used as is.
 
