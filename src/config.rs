@@ -296,9 +296,23 @@ fn overlay(
     secrets: &HashMap<String, SecretValue>,
 ) {
     for (key, value) in config {
-        let key = key.to_ascii_lowercase();
-        warn_if_unknown(&key);
-        values.insert(key, value.clone());
+        let lower = key.to_ascii_lowercase();
+        if lower != *key {
+            // The v1 provider reads only lower-case keys. Here the key is
+            // read as its lower-case form, unless that is also given, which
+            // then wins: never one or the other at random.
+            if config.contains_key(&lower) {
+                warn!(key, "ignored: the same key in lower case is also set");
+                continue;
+            }
+            warn!(
+                key,
+                read_as = lower,
+                "upper-case config key read as lower case"
+            );
+        }
+        warn_if_unknown(&lower);
+        values.insert(lower, value.clone());
     }
     for (key, value) in secrets {
         let key = key.to_ascii_lowercase();
@@ -354,9 +368,13 @@ impl LinkSettings {
                 custom_inbox_prefix: get(CUSTOM_INBOX_PREFIX)
                     .map(|prefix| parse_inbox_prefix(prefix.trim()))
                     .transpose()?,
-                ping_interval: get(PING_INTERVAL_SEC)
-                    .map(|v| parse_duration(PING_INTERVAL_SEC, v, Duration::from_secs))
-                    .transpose()?,
+                ping_interval: match get(PING_INTERVAL_SEC) {
+                    // The v1 provider never read this key: its users' "0"
+                    // means the client's default, not an error.
+                    Some(v) if v.trim() == "0" => None,
+                    Some(v) => Some(parse_duration(PING_INTERVAL_SEC, v, Duration::from_secs)?),
+                    None => None,
+                },
                 connect_timeout: duration_ms(get, CONNECT_TIMEOUT_MS, DEFAULT_CONNECT_TIMEOUT)?,
             },
             handler: HandlerSettings {
@@ -585,25 +603,33 @@ fn parse_servers(value: Option<&str>) -> Result<Vec<String>, ConfigError> {
     for (index, entry) in value.split(',').map(str::trim).enumerate() {
         let position = index + 1;
         if entry.is_empty() {
-            return Err(ConfigError::about(
-                CLUSTER_URIS,
-                format!("entry {position} of the comma-separated list is empty"),
-            ));
+            warn!(
+                key = CLUSTER_URIS,
+                position, "empty entry in the list is skipped"
+            );
+            continue;
         }
         // An unparseable URL cannot be redacted: one that may hold user
         // info (an '@') is named by its position only.
-        async_nats::ServerAddr::from_str(entry).map_err(|err| {
+        if let Err(err) = async_nats::ServerAddr::from_str(entry) {
             let named = if entry.contains('@') {
                 format!("entry {position}")
             } else {
                 format!("entry {position} ({entry:?})")
             };
-            ConfigError::about(
-                CLUSTER_URIS,
-                format!("{named} is not a NATS server URL: {err}"),
-            )
-        })?;
+            let reason = format!("{named} is not a NATS server URL: {err}");
+            if !servers.is_empty() {
+                // The v1 provider used only the first entry: a bad later one
+                // is left out rather than failing the link.
+                warn!(key = CLUSTER_URIS, reason, "entry left out");
+                continue;
+            }
+            return Err(ConfigError::about(CLUSTER_URIS, reason));
+        }
         servers.push(entry.to_string());
+    }
+    if servers.is_empty() {
+        return Err(ConfigError::about(CLUSTER_URIS, "names no server"));
     }
     Ok(servers)
 }
@@ -828,17 +854,15 @@ fn parse_subscriptions(value: &str) -> Result<Vec<Subscription>, ConfigError> {
     if value.trim().is_empty() {
         return Ok(Vec::new());
     }
+    if value.split(',').any(|entry| entry.trim().is_empty()) {
+        // The v1 provider skips them too (`a,b,` and `a,,b` are common).
+        warn!(key = SUBSCRIPTIONS, "empty entries in the list are skipped");
+    }
     value
         .split(',')
         .map(str::trim)
+        .filter(|entry| !entry.is_empty())
         .map(|entry| {
-            if entry.is_empty() {
-                return Err(ConfigError::new(
-                    SUBSCRIPTIONS,
-                    value,
-                    "empty subscription entry in the comma-separated list",
-                ));
-            }
             let (subject, queue_group) = match entry.split_once('|') {
                 Some((subject, queue)) => (subject.trim(), Some(queue.trim())),
                 None => (entry, None),
@@ -986,13 +1010,41 @@ mod tests {
     }
 
     #[test]
-    fn empty_subscription_entry_is_rejected_naming_the_key() {
-        let err = settings(&[(SUBSCRIPTIONS, "a,,b")]).expect_err("rejected");
-        assert_eq!(err.key(), SUBSCRIPTIONS);
-        assert!(
-            err.to_string().contains("empty subscription entry"),
-            "{err}"
-        );
+    fn empty_subscription_entries_are_skipped_as_the_v1_provider_does() {
+        for value in ["a,,b", "a,b,", ",a,b"] {
+            let s = settings(&[(SUBSCRIPTIONS, value)]).expect("accepted");
+            let subjects: Vec<_> = s
+                .handler
+                .subscriptions
+                .iter()
+                .map(|s| s.subject.as_str())
+                .collect();
+            assert_eq!(subjects, ["a", "b"], "{value}");
+        }
+    }
+
+    #[test]
+    fn a_bad_cluster_uri_after_the_first_is_left_out() {
+        let s = settings(&[(CLUSTER_URIS, "nats://a:4222,nats://b:notaport,")]).expect("accepted");
+        assert_eq!(s.connection.servers, ["nats://a:4222"]);
+        let err =
+            settings(&[(CLUSTER_URIS, "nats://b:notaport,nats://a:4222")]).expect_err("first bad");
+        assert!(err.to_string().contains("entry 1"), "{err}");
+        assert!(settings(&[(CLUSTER_URIS, ",")]).is_err());
+    }
+
+    #[test]
+    fn ping_interval_zero_means_the_client_default() {
+        let s = settings(&[(PING_INTERVAL_SEC, "0")]).expect("accepted");
+        assert_eq!(s.connection.ping_interval, None);
+    }
+
+    #[test]
+    fn a_lower_case_key_wins_over_the_same_key_in_upper_case() {
+        for _ in 0..20 {
+            let s = settings(&[(MAX_IN_FLIGHT, "5"), ("MAX_IN_FLIGHT", "9")]).expect("parses");
+            assert_eq!(s.handler.max_in_flight, 5);
+        }
     }
 
     #[test]
@@ -1184,18 +1236,18 @@ mod tests {
     }
 
     #[test]
-    fn trailing_comma_in_cluster_uris_does_not_print_the_list() {
-        let err = settings(&[(CLUSTER_URIS, "nats://u:pw-in-url@h:4222,")]).expect_err("rejected");
-        assert_eq!(err.key(), CLUSTER_URIS);
-        assert!(!format!("{err} {err:?}").contains("pw-in-url"), "{err}");
+    fn trailing_comma_in_cluster_uris_is_skipped_without_printing_the_list() {
+        let s = settings(&[(CLUSTER_URIS, "nats://u:pw-in-url@h:4222,")]).expect("accepted");
+        assert_eq!(s.connection.servers.len(), 1);
+        assert!(!format!("{s:?}").contains("pw-in-url"));
     }
 
     #[test]
     fn unparseable_cluster_uri_is_named_by_position_not_shown() {
-        let err = settings(&[(CLUSTER_URIS, "nats://h:1,nats://u:pw-x@h:notaport")])
+        let err = settings(&[(CLUSTER_URIS, "nats://u:pw-x@h:notaport,nats://h:1")])
             .expect_err("rejected");
         let text = err.to_string();
-        assert!(text.contains("entry 2"), "{text}");
+        assert!(text.contains("entry 1"), "{text}");
         assert!(!text.contains("pw-x"), "{text}");
     }
 

@@ -39,12 +39,33 @@ async fn unparsable_cluster_uri_is_rejected() {
 }
 
 #[tokio::test]
-async fn empty_subscription_entry_is_rejected() {
-    assert_rejected(
-        &[("subscriptions", "a,,b")],
-        &["subscriptions", "a,,b", "empty subscription entry"],
-    )
-    .await;
+async fn empty_subscription_entries_are_skipped_with_a_warning() {
+    let lattice = Lattice::start().await;
+    let provider = lattice.provider(&[]).await;
+    let mut component = lattice.component("c", Behaviour::default()).await;
+
+    let line = provider
+        .put_link(&Link::handler("c", &[("subscriptions", "a,,b,")]))
+        .await;
+    lattice.publish_numbered("a", 1).await;
+    lattice.publish_numbered("b", 1).await;
+
+    assert!(line.contains("link ready"), "{line}");
+    let mut subjects: Vec<String> = component
+        .take(2)
+        .await
+        .into_iter()
+        .map(|r| r.message.subject)
+        .collect();
+    subjects.sort();
+    assert_eq!(subjects, ["a", "b"]);
+    assert_eq!(
+        provider
+            .logs
+            .count(|l| l.contains("empty entries in the list are skipped")
+                && l.contains("subscriptions")),
+        1
+    );
 }
 
 #[tokio::test]
