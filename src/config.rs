@@ -13,7 +13,7 @@ use std::str::FromStr;
 use std::sync::{Mutex, OnceLock};
 use std::time::Duration;
 
-use tracing::warn;
+use tracing::{debug, warn};
 use wasmcloud_provider_sdk::core::secrets::SecretValue;
 
 use crate::subject::{self, SubjectPattern};
@@ -257,9 +257,22 @@ impl ProviderDefaults {
             .map(|_| ())
     }
 
-    /// Parses one link's settings: its config and secrets over these defaults.
+    /// Parses one handler link's settings: its config and secrets over
+    /// these defaults.
     pub fn link_settings(
         &self,
+        link_config: &HashMap<String, String>,
+        link_secrets: &HashMap<String, SecretValue>,
+    ) -> Result<LinkSettings, ConfigError> {
+        self.settings_for(LinkRole::Handler, link_config, link_secrets)
+    }
+
+    /// Parses a link's settings for its role. `subscriptions` means nothing
+    /// on a consumer link and is not read there, as the v1 provider did not
+    /// (wasmCloud's own examples set it on both links).
+    pub fn settings_for(
+        &self,
+        role: LinkRole,
         link_config: &HashMap<String, String>,
         link_secrets: &HashMap<String, SecretValue>,
     ) -> Result<LinkSettings, ConfigError> {
@@ -272,8 +285,20 @@ impl ProviderDefaults {
             values.retain(|key, _| !AUTH_KEYS.contains(&key.as_str()));
         }
         overlay(&mut values, link_config, link_secrets);
+        if role == LinkRole::Consumer && values.remove(SUBSCRIPTIONS).is_some() {
+            debug!("subscriptions on a consumer link are not used");
+        }
         LinkSettings::from_values(&values)
     }
+}
+
+/// Which side of the messaging contract a link is for.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum LinkRole {
+    /// Provider -> component (`handler`): subscribes and delivers.
+    Handler,
+    /// Component -> provider (`consumer`): publishes and requests.
+    Consumer,
 }
 
 /// The keys that choose how to authenticate; see [`parse_auth`].
@@ -363,7 +388,10 @@ impl LinkSettings {
         Ok(Self {
             connection: ConnectionSettings {
                 servers: parse_servers(get(CLUSTER_URIS))?,
-                auth: parse_auth(&get)?,
+                auth: match parse_auth(&get)? {
+                    Auth::None => url_credentials(get(CLUSTER_URIS)),
+                    auth => auth,
+                },
                 tls: parse_tls(&get)?,
                 custom_inbox_prefix: get(CUSTOM_INBOX_PREFIX)
                     .map(|prefix| parse_inbox_prefix(prefix.trim()))
@@ -722,6 +750,37 @@ fn parse_auth<'a>(get: &impl Fn(&str) -> Option<&'a str>) -> Result<Auth, Config
     )
 }
 
+/// Credentials written into a server URL (`nats://user:password@host` or
+/// `nats://token@host`), used when no authentication key is set: the NATS
+/// client does not apply them itself. The first URL that has any wins.
+fn url_credentials(servers: Option<&str>) -> Auth {
+    let decode = |text: &str| {
+        percent_encoding::percent_decode_str(text)
+            .decode_utf8_lossy()
+            .into_owned()
+    };
+    servers
+        .into_iter()
+        .flat_map(|list| list.split(','))
+        .filter_map(|entry| {
+            let entry = entry.trim();
+            if entry.contains("://") {
+                url::Url::parse(entry).ok()
+            } else {
+                url::Url::parse(&format!("nats://{entry}")).ok()
+            }
+        })
+        .find_map(|url| match (url.username(), url.password()) {
+            ("", None) => None,
+            (user, Some(password)) => Some(Auth::UserPassword {
+                user: decode(user),
+                password: decode(password),
+            }),
+            (token, None) => Some(Auth::Token(decode(token))),
+        })
+        .unwrap_or(Auth::None)
+}
+
 /// A user JWT and seed, as a `.creds` file holds them.
 pub struct Credentials {
     pub jwt: String,
@@ -845,6 +904,22 @@ fn parse_tls<'a>(get: &impl Fn(&str) -> Option<&'a str>) -> Result<TlsSettings, 
 }
 
 fn parse_inbox_prefix(prefix: &str) -> Result<String, ConfigError> {
+    // A prefix ending in a wildcard (`_TEST.>`, as the v1 provider's own
+    // tests write it) names the inboxes under it: the wildcard is dropped.
+    let prefix = match prefix
+        .strip_suffix(".>")
+        .or_else(|| prefix.strip_suffix(".*"))
+    {
+        Some(stem) => {
+            warn!(
+                key = CUSTOM_INBOX_PREFIX,
+                prefix = stem,
+                "wildcard at the end of the prefix dropped"
+            );
+            stem
+        }
+        None => prefix,
+    };
     subject::check_publish_subject(prefix)
         .map_err(|reason| ConfigError::new(CUSTOM_INBOX_PREFIX, prefix, reason))?;
     Ok(prefix.to_string())
@@ -1031,6 +1106,40 @@ mod tests {
             settings(&[(CLUSTER_URIS, "nats://b:notaport,nats://a:4222")]).expect_err("first bad");
         assert!(err.to_string().contains("entry 1"), "{err}");
         assert!(settings(&[(CLUSTER_URIS, ",")]).is_err());
+    }
+
+    #[test]
+    fn credentials_in_a_server_url_are_used_when_no_auth_key_is_set() {
+        let s = settings(&[(CLUSTER_URIS, "nats://alice:p%40ss@h:4222")]).expect("parses");
+        assert_eq!(
+            s.connection.auth,
+            Auth::UserPassword {
+                user: "alice".into(),
+                password: "p@ss".into()
+            }
+        );
+        let s = settings(&[(CLUSTER_URIS, "tok3n@h:4222")]).expect("parses");
+        assert_eq!(s.connection.auth, Auth::Token("tok3n".into()));
+        let s = settings(&[(CLUSTER_URIS, "nats://a:b@h:4222"), (TOKEN, "t")]).expect("parses");
+        assert_eq!(s.connection.auth, Auth::Token("t".into()));
+    }
+
+    #[test]
+    fn subscriptions_on_a_consumer_link_are_not_read() {
+        let config: HashMap<String, String> =
+            [(SUBSCRIPTIONS.to_string(), "not..valid".to_string())].into();
+        let defaults = ProviderDefaults::default();
+        assert!(defaults.link_settings(&config, &HashMap::new()).is_err());
+        let s = defaults
+            .settings_for(LinkRole::Consumer, &config, &HashMap::new())
+            .expect("accepted");
+        assert!(s.handler.subscriptions.is_empty());
+    }
+
+    #[test]
+    fn a_wildcard_at_the_end_of_the_inbox_prefix_is_dropped() {
+        let s = settings(&[(CUSTOM_INBOX_PREFIX, "_TEST.>")]).expect("accepted");
+        assert_eq!(s.connection.custom_inbox_prefix.as_deref(), Some("_TEST"));
     }
 
     #[test]

@@ -18,7 +18,7 @@ use wasmcloud_provider_sdk::{
 };
 
 use crate::bindings::exports::wasmcloud::messaging::consumer;
-use crate::config::{LinkSettings, ProviderDefaults};
+use crate::config::{LinkRole, LinkSettings, ProviderDefaults};
 use crate::connection::{ConnectionPool, NatsConnection};
 use crate::consumer::{BrokerMessage, ConsumerError, ConsumerLink};
 use crate::delivery::{Deliveries, Target};
@@ -126,9 +126,14 @@ impl MessagingProvider {
     }
 
     /// Parses a link's settings, naming the link in the error.
-    fn link_settings(&self, link: &LinkConfig<'_>, key: &LinkKey) -> anyhow::Result<LinkSettings> {
+    fn link_settings(
+        &self,
+        role: LinkRole,
+        link: &LinkConfig<'_>,
+        key: &LinkKey,
+    ) -> anyhow::Result<LinkSettings> {
         self.defaults()
-            .link_settings(link.config, link.secrets)
+            .settings_for(role, link.config, link.secrets)
             .map_err(|err| anyhow!("link {key} rejected: {err}"))
     }
 
@@ -161,7 +166,7 @@ impl MessagingProvider {
             link_name: link.link_name.to_string(),
         };
         check_interface(&link, "handler")?;
-        let settings = self.link_settings(&link, &key)?;
+        let settings = self.link_settings(LinkRole::Handler, &link, &key)?;
         if settings.handler.subscriptions.is_empty() {
             warn!(link = %key, "handler link has no subscriptions; it will deliver nothing");
         }
@@ -212,7 +217,7 @@ impl MessagingProvider {
             link_name: link.link_name.to_string(),
         };
         check_interface(&link, "consumer")?;
-        let settings = self.link_settings(&link, &key)?;
+        let settings = self.link_settings(LinkRole::Consumer, &link, &key)?;
         let connection = self.state.pool.acquire(&settings.connection).await?;
         let servers = connection.servers.clone();
         let consumer = Arc::new(ConsumerLink {

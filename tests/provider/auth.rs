@@ -5,7 +5,9 @@
 use std::time::{Duration, Instant};
 
 use crate::support::credentials::{authenticated_connections, Operator, ServerConnection, TestPki};
-use crate::support::{message, next_message, Behaviour, Lattice, Link, NatsServer, WAIT};
+use crate::support::{
+    message, next_message, Behaviour, Lattice, Link, NatsServer, ServerExt as _, WAIT,
+};
 
 /// Name the provider's connections carry in the server's connection list.
 const PROVIDER_CONNECTION: &str = "wasmcloud-messaging-nats";
@@ -135,6 +137,17 @@ async fn username_and_password_from_link_secrets_authenticate() {
             .connect(data.url())
             .await
             .unwrap();
+
+    assert_publishes_through(&lattice, link, subscriber).await;
+}
+
+#[tokio::test]
+async fn username_and_password_in_the_server_url_authenticate() {
+    let lattice = Lattice::start().await;
+    let data = NatsServer::with_config("authorization { user: alice, password: \"p@ss\" }");
+    let url = format!("nats://alice:p%40ss@127.0.0.1:{}", data.port());
+    let link = Link::consumer("c", &[("cluster_uris", &url)]);
+    let subscriber = data.client_as("alice", "p@ss").await;
 
     assert_publishes_through(&lattice, link, subscriber).await;
 }

@@ -148,3 +148,29 @@ async fn unknown_key_is_warned_about_once() {
         .count(|l| l.contains("unknown config key") && l.contains("colour"));
     assert_eq!(warnings, 1);
 }
+
+#[tokio::test]
+async fn subscriptions_on_a_consumer_link_are_ignored() {
+    let lattice = Lattice::start().await;
+    let provider = lattice.provider(&[]).await;
+    let component = lattice.component("c", Behaviour::default()).await;
+    let mut sub = lattice.client.subscribe("out").await.unwrap();
+    crate::support::round_trip(&lattice.client).await;
+
+    let line = provider
+        .put_link(&Link::consumer(
+            "c",
+            &[("subscriptions", "demo.in,not..valid")],
+        ))
+        .await;
+    let published = component
+        .caller(&provider)
+        .await
+        .publish(&message("out", b"x"))
+        .await
+        .unwrap();
+
+    assert!(line.contains("link ready"), "{line}");
+    assert_eq!(published, Ok(()));
+    assert_eq!(&next_message(&mut sub).await.unwrap().payload[..], b"x");
+}
