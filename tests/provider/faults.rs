@@ -467,8 +467,18 @@ async fn broker_restart_mid_traffic_loses_no_publish_answered_ok() {
     feeder.flush().await.unwrap();
     stop.store(1, Ordering::Relaxed);
     let attempted = publishing.await.unwrap();
-    tokio::time::sleep(Duration::from_millis(500)).await;
+    // Collect deliveries until the last message sent is in (or the wait is
+    // over), then what still trickles in.
+    let last = format!("in.{}", sent - 1);
     let mut delivered = HashSet::new();
+    let deadline = Instant::now() + WAIT;
+    while !delivered.contains(&last) && Instant::now() < deadline {
+        if let Ok(Some(received)) =
+            tokio::time::timeout(Duration::from_millis(200), component.next_opt()).await
+        {
+            delivered.insert(received.message.subject);
+        }
+    }
     while let Ok(Some(received)) =
         tokio::time::timeout(Duration::from_millis(300), component.next_opt()).await
     {
