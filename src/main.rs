@@ -5,6 +5,7 @@ use futures::StreamExt as _;
 use messaging_nats::{bindings, host_data, MessagingProvider};
 use tokio::signal::unix::{signal, SignalKind};
 use tracing::{info, warn};
+use wasmcloud_provider_sdk::core::logging::Level;
 use wasmcloud_provider_sdk::provider::WrpcClient;
 use wasmcloud_provider_sdk::{get_connection, run_provider};
 
@@ -22,14 +23,21 @@ const LOG_CAP: &str = "wasmcloud_provider_sdk=info";
 const NATS_CLIENT_QUIET: &str = "async_nats=warn";
 
 /// `RUST_LOG` as the provider applies it: the host's filter, then the caps.
-fn log_filter(rust_log: &str) -> String {
+/// The SDK's cap is added only where debug output is asked for (by the
+/// host's level or `RUST_LOG`), so that it never raises a quieter level.
+fn log_filter(rust_log: &str, host_level: Option<&Level>) -> String {
     let mut filter = rust_log.to_string();
     if !rust_log.contains("async_nats") {
         filter.push(',');
         filter.push_str(NATS_CLIENT_QUIET);
     }
-    filter.push(',');
-    filter.push_str(LOG_CAP);
+    let verbose = rust_log.contains("debug")
+        || rust_log.contains("trace")
+        || matches!(host_level, Some(Level::Debug | Level::Trace));
+    if verbose {
+        filter.push(',');
+        filter.push_str(LOG_CAP);
+    }
     filter.trim_start_matches(',').to_string()
 }
 
@@ -45,7 +53,10 @@ fn main() -> std::process::ExitCode {
     // environment at the same time.
     std::env::set_var(
         "RUST_LOG",
-        log_filter(&std::env::var("RUST_LOG").unwrap_or_default()),
+        log_filter(
+            &std::env::var("RUST_LOG").unwrap_or_default(),
+            host_data.log_level.as_ref(),
+        ),
     );
     if wasmcloud_provider_sdk::provider::initialize_host_data(host_data).is_err() {
         eprintln!("{PROVIDER_NAME}: host data was already initialised");
@@ -153,13 +164,23 @@ mod tests {
 
     #[test]
     fn the_nats_client_is_quiet_unless_rust_log_names_it() {
+        assert_eq!(log_filter("", None), "async_nats=warn");
         assert_eq!(
-            log_filter(""),
-            "async_nats=warn,wasmcloud_provider_sdk=info"
+            log_filter("info,async_nats=debug", None),
+            "info,async_nats=debug,wasmcloud_provider_sdk=info"
+        );
+    }
+
+    #[test]
+    fn the_sdk_is_capped_at_info_only_when_debug_is_asked_for() {
+        assert_eq!(log_filter("warn", None), "warn,async_nats=warn");
+        assert_eq!(
+            log_filter("trace", None),
+            "trace,async_nats=warn,wasmcloud_provider_sdk=info"
         );
         assert_eq!(
-            log_filter("debug,async_nats=debug"),
-            "debug,async_nats=debug,wasmcloud_provider_sdk=info"
+            log_filter("", Some(&Level::Debug)),
+            "async_nats=warn,wasmcloud_provider_sdk=info"
         );
     }
 }
