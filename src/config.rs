@@ -844,18 +844,24 @@ fn pem_from<'a>(
     }
 }
 
+/// Checks that `pem` (the value of `key`) holds at least one certificate.
+fn check_certificates(key: &str, pem: &str) -> Result<(), ConfigError> {
+    let certs = rustls_pemfile::certs(&mut pem.as_bytes())
+        .collect::<Result<Vec<_>, _>>()
+        .map_err(|err| ConfigError::about(key, format!("not valid PEM: {err}")))?;
+    if certs.is_empty() {
+        return Err(ConfigError::about(
+            key,
+            "holds no PEM certificate (expected -----BEGIN CERTIFICATE-----)",
+        ));
+    }
+    Ok(())
+}
+
 fn parse_tls<'a>(get: &impl Fn(&str) -> Option<&'a str>) -> Result<TlsSettings, ConfigError> {
     let ca = match pem_from(get, TLS_CA, TLS_CA_FILE)? {
         Some((key, pem)) => {
-            let certs = rustls_pemfile::certs(&mut pem.as_bytes())
-                .collect::<Result<Vec<_>, _>>()
-                .map_err(|err| ConfigError::about(key, format!("not valid PEM: {err}")))?;
-            if certs.is_empty() {
-                return Err(ConfigError::about(
-                    key,
-                    "holds no PEM certificate (expected -----BEGIN CERTIFICATE-----)",
-                ));
-            }
+            check_certificates(key, &pem)?;
             Some(pem)
         }
         None => None,
@@ -864,15 +870,7 @@ fn parse_tls<'a>(get: &impl Fn(&str) -> Option<&'a str>) -> Result<TlsSettings, 
     let key = pem_from(get, TLS_KEY, TLS_KEY_FILE)?;
     let client = match (cert, key) {
         (Some((cert_key, cert)), Some((key_key, key))) => {
-            let certs = rustls_pemfile::certs(&mut cert.as_bytes())
-                .collect::<Result<Vec<_>, _>>()
-                .map_err(|err| ConfigError::about(cert_key, format!("not valid PEM: {err}")))?;
-            if certs.is_empty() {
-                return Err(ConfigError::about(
-                    cert_key,
-                    "holds no PEM certificate (expected -----BEGIN CERTIFICATE-----)",
-                ));
-            }
+            check_certificates(cert_key, &cert)?;
             // The parser's error could quote key material: not passed on.
             match rustls_pemfile::private_key(&mut key.as_bytes()) {
                 Ok(Some(_)) => {}
