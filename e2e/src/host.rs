@@ -31,6 +31,9 @@ pub const PROVIDER_SHUTDOWN_DELAY: Duration = Duration::from_millis(300);
 /// Time allowed for control interface requests.
 const CTL_TIMEOUT: Duration = Duration::from_secs(10);
 
+/// Time allowed for the host's own shutdown once its providers are stopped.
+const HOST_SHUTDOWN_TIMEOUT: Duration = Duration::from_secs(20);
+
 /// Time allowed for a provider or component to come up.
 const READY_TIMEOUT: Duration = Duration::from_secs(60);
 
@@ -311,7 +314,18 @@ impl Host {
             self.stop_provider(provider.id()).await?;
         }
         if let Some(shutdown) = self.shutdown.take() {
-            shutdown.await.context("host shutdown failed")?;
+            // The host's shutdown future waits for every control message
+            // still being handled; seen once to hang in CI. Bounded, and
+            // said, so that a test ends either way; dropping the host then
+            // kills what it started (the lifecycle test checks that
+            // `host_stopped` is published).
+            match tokio::time::timeout(HOST_SHUTDOWN_TIMEOUT, shutdown).await {
+                Ok(result) => result.context("host shutdown failed")?,
+                Err(_) => eprintln!(
+                    "warning: the host's shutdown did not finish within {HOST_SHUTDOWN_TIMEOUT:?}; \
+                     dropping it"
+                ),
+            }
         }
         self.host.take();
         Ok(())
