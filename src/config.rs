@@ -18,6 +18,13 @@ use wasmcloud_provider_sdk::core::secrets::SecretValue;
 
 use crate::subject::{self, SubjectPattern};
 
+mod durable;
+
+pub use durable::{
+    default_durable_name, ConsumerSpec, DurableSettings, DurableSource, ManagedConsumer, StreamSpec,
+};
+use durable::{ACK_WAIT_MS, BACKOFF_MS};
+
 /// Server used when neither the link nor the provider names one.
 pub const DEFAULT_CLUSTER_URI: &str = "nats://127.0.0.1:4222";
 
@@ -99,7 +106,8 @@ enum Kind {
 }
 
 /// Every key the provider accepts, in provider config and in link config
-/// (and, for credential keys, in secrets). A new key is added here.
+/// (and, for credential keys, in secrets). A new key is added here, or, for
+/// a durable delivery key, to `durable::KEYS` (all plain).
 const KEYS: &[(&str, Kind)] = &[
     (SUBSCRIPTIONS, Kind::Plain),
     (CLUSTER_URIS, Kind::Urls),
@@ -131,13 +139,16 @@ const KEYS: &[(&str, Kind)] = &[
 
 /// Every key the provider accepts.
 pub fn known_keys() -> impl Iterator<Item = &'static str> {
-    KEYS.iter().map(|(key, _)| *key)
+    KEYS.iter()
+        .map(|(key, _)| *key)
+        .chain(durable::KEYS.iter().copied())
 }
 
 fn kind(key: &str) -> Option<Kind> {
     KEYS.iter()
         .find(|(name, _)| *name == key)
         .map(|(_, kind)| *kind)
+        .or_else(|| durable::KEYS.contains(&key).then_some(Kind::Plain))
 }
 
 /// The one rule for showing a config value in an error, a log line or
@@ -267,8 +278,8 @@ impl ProviderDefaults {
         self.settings_for(LinkRole::Handler, link_config, link_secrets)
     }
 
-    /// Parses a link's settings for its role. `subscriptions` means nothing
-    /// on a consumer link and is not read there, as the v1 provider did not
+    /// Parses a link's settings for its role. `subscriptions` (and the
+    /// durable keys) mean nothing on a consumer link and are not read there, as the v1 provider did not
     /// (wasmCloud's own examples set it on both links).
     pub fn settings_for(
         &self,
@@ -285,8 +296,12 @@ impl ProviderDefaults {
             values.retain(|key, _| !AUTH_KEYS.contains(&key.as_str()));
         }
         overlay(&mut values, link_config, link_secrets);
-        if role == LinkRole::Consumer && values.remove(SUBSCRIPTIONS).is_some() {
-            debug!("subscriptions on a consumer link are not used");
+        if role == LinkRole::Consumer {
+            for key in std::iter::once(SUBSCRIPTIONS).chain(durable::KEYS.iter().copied()) {
+                if values.remove(key).is_some() {
+                    debug!(key, "handler link key on a consumer link is not used");
+                }
+            }
         }
         LinkSettings::from_values(&values)
     }
@@ -413,6 +428,7 @@ impl LinkSettings {
                 max_in_flight: parse_max_in_flight(get(MAX_IN_FLIGHT))?,
                 handler_timeout: duration_ms(get, HANDLER_TIMEOUT_MS, DEFAULT_HANDLER_TIMEOUT)?,
                 drain_timeout: duration_ms(get, DRAIN_TIMEOUT_MS, DEFAULT_DRAIN_TIMEOUT)?,
+                durable: durable::parse(get)?,
             },
             consumer: parse_consumer(get)?,
         })
@@ -539,6 +555,8 @@ pub struct HandlerSettings {
     pub max_in_flight: usize,
     pub handler_timeout: Duration,
     pub drain_timeout: Duration,
+    /// JetStream consumers the link also delivers from.
+    pub durable: DurableSettings,
 }
 
 /// Settings of a consumer link (component -> provider).
@@ -990,6 +1008,8 @@ const DURATION_MAXIMA: &[(&str, u64)] = &[
     (REQUEST_TIMEOUT_MS, 600_000),
     (MAX_REQUEST_TIMEOUT_MS, 600_000),
     (PING_INTERVAL_SEC, 3_600),
+    (ACK_WAIT_MS, 43_200_000),
+    (BACKOFF_MS, 3_600_000),
 ];
 
 /// Reads a key holding milliseconds, or the default when it is absent.

@@ -8,9 +8,9 @@
 //! counted (NATS's own slow-consumer rule, applied per link), so memory stays
 //! bounded and the shared connection keeps being read.
 
-use std::collections::VecDeque;
+use std::collections::{BTreeMap, VecDeque};
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
-use std::sync::Arc;
+use std::sync::{Arc, Mutex, MutexGuard, PoisonError};
 use std::time::Duration;
 
 use futures::stream::FuturesUnordered;
@@ -27,7 +27,7 @@ use crate::bindings::wasmcloud::messaging::handler;
 use crate::config::{HandlerSettings, Subscription};
 use crate::connection::{Lease, SubscriberRecord};
 use crate::consumer::BrokerMessage;
-use crate::trace_context;
+use crate::{durable, trace_context};
 
 /// Most messages a link queues while its component is busy; NATS clients
 /// use the same default for one subscription's buffer.
@@ -52,21 +52,51 @@ pub struct LinkStatus {
     /// False while the link has no open subscription (all closed by the
     /// client, waiting for a new connection).
     pub subscribed: AtomicBool,
+    /// Durable messages published to the dead-letter subject.
+    pub dead_lettered: AtomicU64,
+    /// Durable messages that failed their last attempt with no dead-letter
+    /// subject to go to.
+    pub terminated: AtomicU64,
+    /// Why a durable consumer cannot be read now, by `stream/consumer`.
+    problems: Mutex<BTreeMap<String, String>>,
 }
 
 impl LinkStatus {
-    fn summary(&self) -> String {
+    pub fn summary(&self) -> String {
         format!(
             "delivered {}, handler errors {}, failed invocations {}, timeouts {}, dropped {}, \
-             aborted {}",
+             aborted {}, dead-lettered {}, terminated {}",
             self.delivered.load(Ordering::Relaxed),
             self.handler_errors.load(Ordering::Relaxed),
             self.invoke_failures.load(Ordering::Relaxed),
             self.timeouts.load(Ordering::Relaxed),
             self.dropped.load(Ordering::Relaxed),
             self.aborted.load(Ordering::Relaxed),
+            self.dead_lettered.load(Ordering::Relaxed),
+            self.terminated.load(Ordering::Relaxed),
         )
     }
+
+    /// The current problems of the link's durable consumers, for health.
+    pub fn problems(&self) -> Vec<String> {
+        lock(&self.problems).values().cloned().collect()
+    }
+
+    /// Records `problem` for `source`; true if it is new or changed.
+    pub fn set_problem(&self, source: &str, problem: String) -> bool {
+        lock(&self.problems).insert(source.to_string(), problem.clone()) != Some(problem)
+    }
+
+    /// Clears the problem of `source`; true if there was one.
+    pub fn clear_problem(&self, source: &str) -> bool {
+        lock(&self.problems).remove(source).is_some()
+    }
+}
+
+/// The lock is never held across an await or a call that can panic; a
+/// poisoned one still holds consistent data.
+fn lock<T>(mutex: &Mutex<T>) -> MutexGuard<'_, T> {
+    mutex.lock().unwrap_or_else(PoisonError::into_inner)
 }
 
 /// The component a handler link delivers to.
@@ -82,7 +112,8 @@ pub struct Target {
 /// deliveries without draining.
 pub struct Deliveries {
     stop: CancellationToken,
-    task: JoinHandle<()>,
+    /// The core subscriptions' task, then one per durable consumer.
+    tasks: Vec<JoinHandle<()>>,
     pub status: Arc<LinkStatus>,
     pub connection: Lease,
     pub subscriptions: Vec<Subscription>,
@@ -135,6 +166,7 @@ impl Deliveries {
             link_name = %target.link_name
         );
         let subscriptions = settings.subscriptions.clone();
+        let mut tasks = durable::start(&connection, &settings, &target, &status, &stop);
         let link = LinkTask {
             connection: connection.clone(),
             clients,
@@ -144,29 +176,33 @@ impl Deliveries {
             stop: stop.clone(),
             subscriber_records: records,
         };
-        let task = tokio::spawn(run(link, subscribers).instrument(span));
+        tasks.push(tokio::spawn(run(link, subscribers).instrument(span)));
         Ok(Self {
             stop,
-            task,
+            tasks,
             status,
             connection,
             subscriptions,
         })
     }
 
-    /// Drains the link (see [`run`]): resolves once no delivery runs any
-    /// more, within the link's `drain_timeout_ms`.
+    /// Drains the link (see [`run`] and [`durable`]): resolves once no
+    /// delivery runs any more, within the link's `drain_timeout_ms`.
     pub async fn stop(mut self) {
         self.stop.cancel();
-        if let Err(err) = (&mut self.task).await {
-            warn!(%err, "delivery task ended abnormally");
+        for task in &mut self.tasks {
+            if let Err(err) = task.await {
+                warn!(%err, "delivery task ended abnormally");
+            }
         }
     }
 }
 
 impl Drop for Deliveries {
     fn drop(&mut self) {
-        self.task.abort();
+        for task in &self.tasks {
+            task.abort();
+        }
     }
 }
 
@@ -397,8 +433,7 @@ async fn sleep_until_deadline(deadline: Option<Instant>) {
     }
 }
 
-/// Delivers one message: NATS message in, `handle-message` call out, with
-/// its own timeout so that a lost wRPC reply frees its slot.
+/// Delivers one message: NATS message in, `handle-message` call out.
 async fn deliver(
     msg: async_nats::Message,
     target: Target,
@@ -411,22 +446,57 @@ async fn deliver(
         body: msg.payload,
         reply_to: msg.reply.map(|reply| reply.to_string()),
     };
+    invoke(&target, headers, &message, timeout, &status).await;
+}
+
+/// What became of one `handle-message` call.
+pub enum Outcome {
+    Handled,
+    /// The handler returned `Err` with this text.
+    HandlerError(String),
+    /// The call did not reach the component, or its answer got lost.
+    InvokeFailed(String),
+    TimedOut,
+}
+
+impl Outcome {
+    /// Why the call failed, in words, or `None` if it succeeded.
+    pub fn failure(&self) -> Option<String> {
+        match self {
+            Outcome::Handled => None,
+            Outcome::HandlerError(error) => Some(error.clone()),
+            Outcome::InvokeFailed(error) => Some(format!("invocation failed: {error}")),
+            Outcome::TimedOut => Some("handle-message did not answer in time".to_string()),
+        }
+    }
+}
+
+/// Calls `handle-message` with its own timeout, so that a lost wRPC reply
+/// frees its slot; logs a failure and counts the outcome.
+pub async fn invoke(
+    target: &Target,
+    headers: Option<async_nats::HeaderMap>,
+    message: &BrokerMessage,
+    timeout: Duration,
+    status: &LinkStatus,
+) -> Outcome {
     trace!(
         subject = message.subject,
         bytes = message.body.len(),
         "delivering"
     );
-    let call = handler::handle_message(&target.wrpc, headers, &message);
+    let call = handler::handle_message(&target.wrpc, headers, message);
     let subject = message.subject.as_str();
-    let counter = match tokio::time::timeout(timeout, call).await {
-        Ok(Ok(Ok(()))) => &status.delivered,
+    let (counter, outcome) = match tokio::time::timeout(timeout, call).await {
+        Ok(Ok(Ok(()))) => (&status.delivered, Outcome::Handled),
         Ok(Ok(Err(error))) => {
             warn!(subject, error, "handle-message returned an error");
-            &status.handler_errors
+            (&status.handler_errors, Outcome::HandlerError(error))
         }
         Ok(Err(err)) => {
-            warn!(subject, error = %format!("{err:#}"), "handle-message invocation failed");
-            &status.invoke_failures
+            let error = format!("{err:#}");
+            warn!(subject, error, "handle-message invocation failed");
+            (&status.invoke_failures, Outcome::InvokeFailed(error))
         }
         Err(_) => {
             warn!(
@@ -434,8 +504,9 @@ async fn deliver(
                 timeout_ms = timeout.as_millis() as u64,
                 "handle-message did not answer in time"
             );
-            &status.timeouts
+            (&status.timeouts, Outcome::TimedOut)
         }
     };
     counter.fetch_add(1, Ordering::Relaxed);
+    outcome
 }

@@ -3,13 +3,14 @@
 //!
 //! Modules, in the direction the arrows point: [`config`] parses maps into
 //! settings; [`connection`] opens and shares NATS clients; [`consumer`]
-//! (publish/request) and [`delivery`] (subscriptions to `handle-message`) move
-//! messages; [`provider`] ties them to the host's link and lifecycle calls.
+//! (publish/request), [`delivery`] (subscriptions to `handle-message`) and
+//! [`durable`] (JetStream consumers to `handle-message`) move messages; [`provider`] ties them to the host's link and lifecycle calls.
 
 pub mod config;
 pub mod connection;
 pub mod consumer;
 pub mod delivery;
+pub mod durable;
 pub mod host_data;
 pub mod provider;
 pub mod subject;

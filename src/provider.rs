@@ -167,8 +167,8 @@ impl MessagingProvider {
         };
         check_interface(&link, "handler")?;
         let settings = self.link_settings(LinkRole::Handler, &link, &key)?;
-        if settings.handler.subscriptions.is_empty() {
-            warn!(link = %key, "handler link has no subscriptions; it will deliver nothing");
+        if settings.handler.subscriptions.is_empty() && !settings.handler.durable.is_enabled() {
+            warn!(link = %key, "handler link has no subscriptions and no stream; it will deliver nothing");
         }
 
         let mut handlers = self.state.handlers.lock().await;
@@ -194,6 +194,14 @@ impl MessagingProvider {
             .map(ToString::to_string)
             .collect::<Vec<_>>()
             .join(",");
+        let durable = settings
+            .handler
+            .durable
+            .sources
+            .iter()
+            .map(|source| source.stream.as_str())
+            .collect::<Vec<_>>()
+            .join(",");
         let servers = connection.servers.clone();
         let deliveries = Deliveries::start(
             connection,
@@ -203,7 +211,7 @@ impl MessagingProvider {
         )
         .await
         .with_context(|| format!("link {key} rejected"))?;
-        info!(link = %key, subscriptions, servers, "handler link ready");
+        info!(link = %key, subscriptions, streams = durable, servers, "handler link ready");
         if let Some(old) = handlers.insert(key.clone(), deliveries) {
             info!(link = %key, "replaced handler link draining");
             self.state.tasks.spawn(old.stop());
@@ -337,6 +345,9 @@ impl Provider for MessagingProvider {
                     "handler link {key}: NATS server refused the subscription to {subject:?} \
                      (permissions violation)"
                 ));
+            }
+            for problem in link.status.problems() {
+                problems.push(format!("handler link {key}: {problem}"));
             }
             if !link.status.subscribed.load(Ordering::Relaxed) {
                 problems.push(format!(

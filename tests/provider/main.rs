@@ -6,6 +6,7 @@ mod support;
 mod auth;
 mod config;
 mod delivery;
+mod durable;
 mod faults;
 mod lifecycle;
 mod memory;

@@ -31,6 +31,8 @@ pub struct Behaviour {
     /// Only counts calls instead of recording each message (for the
     /// benchmark: no memory or time per message beyond the call).
     pub count_only: bool,
+    /// Returns `Err` for the first this many calls with the same body.
+    pub fail_attempts: usize,
 }
 
 impl Behaviour {
@@ -55,6 +57,8 @@ impl Behaviour {
 #[derive(Debug, Clone)]
 pub struct Received {
     pub message: BrokerMessage,
+    /// When the call arrived.
+    pub at: std::time::Instant,
     pub traceparent: Option<String>,
     pub source_id: Option<String>,
 }
@@ -66,6 +70,8 @@ struct HandlerImpl {
     in_flight: Arc<AtomicUsize>,
     peak: Arc<AtomicUsize>,
     handled: Arc<AtomicUsize>,
+    /// Calls so far per body, for [`Behaviour::fail_attempts`].
+    attempts: Arc<std::sync::Mutex<std::collections::HashMap<Bytes, usize>>>,
 }
 
 impl bindings::exports::wasmcloud::messaging::handler::Handler<Option<async_nats::HeaderMap>>
@@ -91,12 +97,20 @@ impl bindings::exports::wasmcloud::messaging::handler::Handler<Option<async_nats
                 .and_then(|h| h.get(name))
                 .map(|v| v.as_str().to_string())
         };
-        let fail = self
-            .behaviour
-            .fail_prefix
-            .as_ref()
-            .is_some_and(|p| message.body.starts_with(p));
+        let attempt = {
+            let mut attempts = self.attempts.lock().expect("attempts lock");
+            let count = attempts.entry(message.body.clone()).or_default();
+            *count += 1;
+            *count
+        };
+        let fail = attempt <= self.behaviour.fail_attempts
+            || self
+                .behaviour
+                .fail_prefix
+                .as_ref()
+                .is_some_and(|p| message.body.starts_with(p));
         let _ = self.received.send(Received {
+            at: std::time::Instant::now(),
             traceparent: header("traceparent"),
             source_id: header("source-id"),
             message,
@@ -150,6 +164,7 @@ impl Component {
             in_flight: Arc::new(AtomicUsize::new(0)),
             peak: Arc::clone(&peak),
             handled: Arc::clone(&handled),
+            attempts: Arc::default(),
         };
         let streams = bindings::serve(&wrpc, handler)
             .await

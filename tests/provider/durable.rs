@@ -1,0 +1,566 @@
+//! Durable delivery from JetStream: acked only after the handler succeeds,
+//! retried with backoff, dead-lettered, shared, and resumed after faults.
+
+use std::collections::{BTreeMap, HashSet};
+use std::time::{Duration, Instant};
+
+use async_nats::jetstream::{self, consumer, stream};
+
+use crate::support::{
+    Behaviour, Lattice, Link, NatsServer, ProviderOptions, ServerExt as _, ServerOptions, WAIT,
+};
+
+/// A lattice whose server has JetStream, on a store of its own.
+async fn jetstream_lattice() -> Lattice {
+    Lattice::on(NatsServer::with(ServerOptions {
+        jetstream: true,
+        ..ServerOptions::default()
+    }))
+    .await
+}
+
+fn js(lattice: &Lattice) -> jetstream::Context {
+    jetstream::new(lattice.client.clone())
+}
+
+async fn create_stream(js: &jetstream::Context, name: &str, subjects: &[&str]) -> stream::Stream {
+    js.create_stream(stream::Config {
+        name: name.to_string(),
+        subjects: subjects.iter().map(ToString::to_string).collect(),
+        ..Default::default()
+    })
+    .await
+    .expect("create stream")
+}
+
+/// Publishes bodies `0..n` through JetStream, each stored before the next.
+async fn publish_stored(js: &jetstream::Context, subject: &str, range: std::ops::Range<usize>) {
+    let mut acks = Vec::new();
+    for i in range {
+        acks.push(
+            js.publish(subject.to_string(), i.to_string().into())
+                .await
+                .expect("publish"),
+        );
+        if acks.len() == 256 {
+            for ack in acks.drain(..) {
+                ack.await.expect("stored");
+            }
+        }
+    }
+    for ack in acks {
+        ack.await.expect("stored");
+    }
+}
+
+async fn consumer_info(js: &jetstream::Context, stream: &str, name: &str) -> consumer::Info {
+    js.get_stream(stream)
+        .await
+        .expect("stream")
+        .consumer_info(name)
+        .await
+        .expect("consumer info")
+}
+
+/// Waits until the consumer has no message left unacked or undelivered.
+async fn wait_until_settled(js: &jetstream::Context, stream: &str, name: &str) -> consumer::Info {
+    let deadline = Instant::now() + WAIT;
+    loop {
+        let info = consumer_info(js, stream, name).await;
+        if info.num_pending == 0 && info.num_ack_pending == 0 {
+            return info;
+        }
+        assert!(
+            Instant::now() < deadline,
+            "consumer never settled: {} pending, {} unacked",
+            info.num_pending,
+            info.num_ack_pending
+        );
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+}
+
+#[tokio::test]
+async fn message_is_acked_after_the_handler_succeeds() {
+    let lattice = jetstream_lattice().await;
+    let js = js(&lattice);
+    let provider = lattice.provider(&[]).await;
+    let mut component = lattice.component("worker", Behaviour::default()).await;
+    let line = provider
+        .put_link(&Link::handler(
+            "worker",
+            &[
+                ("stream", "ORDERS"),
+                ("stream_subjects", "orders.>"),
+                ("durable_name", "workers"),
+            ],
+        ))
+        .await;
+    assert!(line.contains("link ready"), "{line}");
+
+    let mut headers = async_nats::HeaderMap::new();
+    headers.insert(
+        "traceparent",
+        "00-0af7651916cd43dd8448eb211c80319c-b7ad6b7169203331-01",
+    );
+    js.publish_with_headers("orders.new", headers, "order 1".into())
+        .await
+        .unwrap()
+        .await
+        .unwrap();
+
+    let got = component.next().await;
+    assert_eq!(got.message.subject, "orders.new");
+    assert_eq!(&got.message.body[..], b"order 1");
+    assert_eq!(
+        got.message.reply_to, None,
+        "the ack subject is not the component's"
+    );
+    assert!(got.traceparent.is_some(), "trace context carried over");
+    let info = wait_until_settled(&js, "ORDERS", "workers").await;
+    assert_eq!(info.ack_floor.stream_sequence, 1);
+}
+
+#[tokio::test]
+async fn failed_message_is_retried_after_the_backoff_delays() {
+    let lattice = jetstream_lattice().await;
+    let js = js(&lattice);
+    create_stream(&js, "JOBS", &["jobs.>"]).await;
+    let provider = lattice.provider(&[]).await;
+    let mut component = lattice
+        .component(
+            "worker",
+            Behaviour {
+                fail_attempts: 2,
+                ..Behaviour::default()
+            },
+        )
+        .await;
+    provider
+        .put_link(&Link::handler(
+            "worker",
+            &[
+                ("stream", "JOBS"),
+                ("backoff_ms", "400,1200"),
+                ("max_deliver", "5"),
+            ],
+        ))
+        .await;
+
+    publish_stored(&js, "jobs.a", 0..1).await;
+    let attempts = component.take(3).await;
+    let first_gap = attempts[1].at - attempts[0].at;
+    let second_gap = attempts[2].at - attempts[1].at;
+    // Generous: the machine is shared; the delays must be there, in order.
+    assert!(
+        first_gap >= Duration::from_millis(350),
+        "first retry after {first_gap:?}"
+    );
+    assert!(
+        second_gap >= Duration::from_millis(1100),
+        "second retry after {second_gap:?}"
+    );
+    assert!(first_gap < Duration::from_secs(10) && second_gap < Duration::from_secs(10));
+    let name = messaging_nats::config::default_durable_name("worker", "default");
+    let info = wait_until_settled(&js, "JOBS", &name).await;
+    assert_eq!(
+        info.ack_floor.stream_sequence, 1,
+        "acked on the third attempt"
+    );
+    component.expect_nothing(Duration::from_millis(500)).await;
+}
+
+#[tokio::test]
+async fn always_failing_message_goes_to_the_dead_letter_subject_and_others_keep_flowing() {
+    let lattice = jetstream_lattice().await;
+    let js = js(&lattice);
+    create_stream(&js, "DEAD", &["dead.orders"]).await;
+    let provider = lattice.provider(&[]).await;
+    let mut component = lattice
+        .component(
+            "worker",
+            Behaviour {
+                fail_prefix: Some(b"poison".to_vec()),
+                ..Behaviour::default()
+            },
+        )
+        .await;
+    provider
+        .put_link(&Link::handler(
+            "worker",
+            &[
+                ("stream", "ORDERS"),
+                ("stream_subjects", "orders.>"),
+                ("durable_name", "orders"),
+                ("max_deliver", "3"),
+                ("backoff_ms", "100"),
+                ("dead_letter_subject", "dead.orders"),
+            ],
+        ))
+        .await;
+
+    let mut headers = async_nats::HeaderMap::new();
+    headers.insert("order-id", "17");
+    js.publish_with_headers("orders.bad", headers, "poison pill".into())
+        .await
+        .unwrap()
+        .await
+        .unwrap();
+    publish_stored(&js, "orders.good", 0..20).await;
+
+    let received = component.take(23).await;
+    let poison = received
+        .iter()
+        .filter(|r| r.message.body.starts_with(b"poison"))
+        .count();
+    assert_eq!(poison, 3, "max_deliver attempts");
+    let good: HashSet<_> = received
+        .iter()
+        .filter(|r| !r.message.body.starts_with(b"poison"))
+        .map(|r| r.message.body.clone())
+        .collect();
+    assert_eq!(good.len(), 20, "the other messages were delivered");
+
+    let dead = js.get_stream("DEAD").await.unwrap();
+    let deadline = Instant::now() + WAIT;
+    while dead.get_info().await.unwrap().state.messages == 0 {
+        assert!(Instant::now() < deadline, "no dead letter stored");
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+    let letter = dead.get_raw_message(1).await.unwrap();
+    assert_eq!(&letter.payload[..], b"poison pill");
+    let header = |name: &str| {
+        letter
+            .headers
+            .get(name)
+            .map(|v| v.as_str().to_string())
+            .unwrap_or_else(|| panic!("dead letter lacks {name}: {:?}", letter.headers))
+    };
+    assert_eq!(header("Wasmcloud-Original-Subject"), "orders.bad");
+    assert_eq!(header("Wasmcloud-Original-Stream"), "ORDERS");
+    assert_eq!(header("Wasmcloud-Original-Sequence"), "1");
+    assert_eq!(header("Wasmcloud-Delivery-Count"), "3");
+    assert_eq!(header("Wasmcloud-Last-Error"), "told to fail");
+    assert_eq!(
+        header("order-id"),
+        "17",
+        "the message's own headers go along"
+    );
+    wait_until_settled(&js, "ORDERS", "orders").await;
+    component.expect_nothing(Duration::from_millis(500)).await;
+}
+
+#[tokio::test]
+async fn handler_slower_than_ack_wait_is_not_redelivered_while_it_runs() {
+    let lattice = jetstream_lattice().await;
+    let js = js(&lattice);
+    create_stream(&js, "SLOW", &["slow.>"]).await;
+    let provider = lattice.provider(&[]).await;
+    let mut component = lattice
+        .component("worker", Behaviour::slow(Duration::from_secs(3)))
+        .await;
+    provider
+        .put_link(&Link::handler(
+            "worker",
+            &[
+                ("stream", "SLOW"),
+                ("durable_name", "slow"),
+                ("ack_wait_ms", "1000"),
+                ("handler_timeout_ms", "10000"),
+            ],
+        ))
+        .await;
+
+    publish_stored(&js, "slow.job", 0..1).await;
+    component.next().await;
+    let info = wait_until_settled(&js, "SLOW", "slow").await;
+    assert_eq!(info.num_redelivered, 0, "redelivered while the handler ran");
+    assert_eq!(
+        info.delivered.consumer_sequence, 1,
+        "delivered more than once"
+    );
+    component.expect_nothing(Duration::from_secs(2)).await;
+}
+
+#[tokio::test]
+async fn v1_consumers_config_binds_an_existing_consumer() {
+    let lattice = jetstream_lattice().await;
+    let js = js(&lattice);
+    let stream = create_stream(&js, "EVENTS", &["events.>"]).await;
+    stream
+        .create_consumer(consumer::pull::Config {
+            durable_name: Some("legacy".to_string()),
+            ..Default::default()
+        })
+        .await
+        .unwrap();
+    let provider = lattice.provider(&[]).await;
+    let mut component = lattice.component("worker", Behaviour::default()).await;
+    // As written for the v1 host's built-in messaging.
+    let line = provider
+        .put_link(&Link::handler(
+            "worker",
+            &[(
+                "consumers",
+                r#"[{"stream":"EVENTS","consumer":"legacy","max_messages":5,"max_bytes":65536}]"#,
+            )],
+        ))
+        .await;
+    assert!(line.contains("link ready"), "{line}");
+
+    publish_stored(&js, "events.x", 0..40).await;
+    let bodies: HashSet<_> = component
+        .take(40)
+        .await
+        .into_iter()
+        .map(|r| r.message.body)
+        .collect();
+    assert_eq!(bodies.len(), 40);
+    let info = wait_until_settled(&js, "EVENTS", "legacy").await;
+    assert_eq!(info.ack_floor.stream_sequence, 40);
+}
+
+#[tokio::test]
+async fn two_providers_share_one_durable_consumer() {
+    const COUNT: usize = 2000;
+    let lattice = jetstream_lattice().await;
+    let js = js(&lattice);
+    create_stream(&js, "SHARED", &["shared.>"]).await;
+    let mut component = lattice.component("worker", Behaviour::default()).await;
+    let link = Link::handler("worker", &[("stream", "SHARED"), ("max_in_flight", "16")]);
+    let first = lattice.provider_with_key("messaging-nats-a", &[]).await;
+    let second = lattice.provider_with_key("messaging-nats-b", &[]).await;
+    first.put_link(&link).await;
+    second.put_link(&link).await;
+
+    publish_stored(&js, "shared.job", 0..COUNT).await;
+    let received = component.take(COUNT).await;
+    let mut by_provider: BTreeMap<String, usize> = BTreeMap::new();
+    for r in &received {
+        *by_provider
+            .entry(r.source_id.clone().unwrap_or_default())
+            .or_default() += 1;
+    }
+    let bodies: HashSet<_> = received.iter().map(|r| r.message.body.clone()).collect();
+    assert_eq!(bodies.len(), COUNT, "each message handled once");
+    assert_eq!(
+        by_provider.len(),
+        2,
+        "both providers took a share: {by_provider:?}"
+    );
+    component.expect_nothing(Duration::from_millis(500)).await;
+}
+
+#[tokio::test]
+async fn every_message_is_handled_at_least_once_when_the_provider_is_killed_mid_stream() {
+    const COUNT: usize = 10_000;
+    let lattice = jetstream_lattice().await;
+    let js = js(&lattice);
+    create_stream(&js, "WORK", &["work.>"]).await;
+    let mut component = lattice
+        .component("worker", Behaviour::slow(Duration::from_millis(1)))
+        .await;
+    let link = Link::handler(
+        "worker",
+        &[
+            ("stream", "WORK"),
+            ("ack_wait_ms", "2000"),
+            ("max_in_flight", "64"),
+        ],
+    );
+    let provider = lattice.provider(&[]).await;
+    provider.put_link(&link).await;
+    publish_stored(&js, "work.item", 0..COUNT).await;
+
+    let mut seen: BTreeMap<bytes::Bytes, usize> = BTreeMap::new();
+    let mut handled = 0;
+    while handled < COUNT / 3 {
+        *seen.entry(component.next().await.message.body).or_default() += 1;
+        handled += 1;
+    }
+    let status = provider.signal("KILL").await;
+    assert!(!status.success(), "killed: {status:?}");
+
+    let restarted = lattice.provider(&[]).await;
+    restarted.put_link(&link).await;
+    let deadline = Instant::now() + Duration::from_secs(120);
+    while seen.len() < COUNT {
+        let left = deadline.saturating_duration_since(Instant::now());
+        let Ok(got) = tokio::time::timeout(left, component.next()).await else {
+            panic!("only {} of {COUNT} messages handled", seen.len());
+        };
+        *seen.entry(got.message.body).or_default() += 1;
+    }
+    let name = messaging_nats::config::default_durable_name("worker", "default");
+    wait_until_settled(&js, "WORK", &name).await;
+    // Late redeliveries still on their way count as duplicates too.
+    while let Ok(Some(got)) =
+        tokio::time::timeout(Duration::from_secs(1), component.next_opt()).await
+    {
+        *seen.entry(got.message.body).or_default() += 1;
+    }
+    let duplicates: usize = seen.values().map(|n| n - 1).sum();
+    println!("handled all {COUNT} messages; {duplicates} duplicate deliveries after SIGKILL");
+    assert_eq!(seen.len(), COUNT);
+    // Only what was fetched but not acked when the process died can come
+    // twice: at most two rounds of max_in_flight.
+    assert!(duplicates <= 128, "{duplicates} duplicates");
+}
+
+#[tokio::test]
+async fn delivery_resumes_after_the_server_restarts_without_losing_a_message() {
+    const COUNT: usize = 600;
+    let lattice = Lattice::start().await;
+    let mut data = NatsServer::with(ServerOptions {
+        jetstream: true,
+        ..ServerOptions::default()
+    });
+    let client = data.client().await;
+    let js = jetstream::new(client.clone());
+    create_stream(&js, "DATA", &["data.>"]).await;
+    let provider = lattice.provider(&[]).await;
+    let mut component = lattice.component("worker", Behaviour::default()).await;
+    provider
+        .put_link(&Link::handler(
+            "worker",
+            &[
+                ("cluster_uris", &data.url()),
+                ("stream", "DATA"),
+                ("durable_name", "d"),
+            ],
+        ))
+        .await;
+
+    publish_stored(&js, "data.x", 0..COUNT / 2).await;
+    let mut seen = HashSet::new();
+    while seen.len() < COUNT / 4 {
+        seen.insert(component.next().await.message.body);
+    }
+    data.restart();
+    let js = jetstream::new(data.client().await);
+    publish_stored(&js, "data.x", COUNT / 2..COUNT).await;
+
+    let deadline = Instant::now() + Duration::from_secs(60);
+    while seen.len() < COUNT {
+        let left = deadline.saturating_duration_since(Instant::now());
+        let Ok(got) = tokio::time::timeout(left, component.next()).await else {
+            panic!(
+                "only {} of {COUNT} messages handled after the restart",
+                seen.len()
+            );
+        };
+        seen.insert(got.message.body);
+    }
+    wait_until_settled(&js, "DATA", "d").await;
+}
+
+#[tokio::test]
+async fn relinked_component_resumes_from_its_durable_consumer() {
+    let lattice = jetstream_lattice().await;
+    let js = js(&lattice);
+    create_stream(&js, "TASKS", &["tasks.>"]).await;
+    let provider = lattice.provider(&[]).await;
+    let mut component = lattice.component("worker", Behaviour::default()).await;
+    let link = Link::handler("worker", &[("stream", "TASKS")]);
+    provider.put_link(&link).await;
+    publish_stored(&js, "tasks.t", 0..10).await;
+    component.take(10).await;
+
+    provider.delete_link(&link).await;
+    // Published while nobody is linked: kept by the stream.
+    publish_stored(&js, "tasks.t", 10..20).await;
+    component.expect_nothing(Duration::from_millis(500)).await;
+    provider.put_link(&link).await;
+
+    let bodies: Vec<_> = component
+        .take(10)
+        .await
+        .into_iter()
+        .map(|r| String::from_utf8_lossy(&r.message.body).into_owned())
+        .collect();
+    let expected: Vec<_> = (10..20).map(|i| i.to_string()).collect();
+    assert_eq!(bodies, expected, "resumed where the consumer stopped");
+}
+
+#[tokio::test]
+async fn health_names_a_missing_stream_until_it_is_created() {
+    let lattice = jetstream_lattice().await;
+    let js = js(&lattice);
+    let provider = lattice.provider(&[]).await;
+    let mut component = lattice.component("worker", Behaviour::default()).await;
+    let line = provider
+        .put_link(&Link::handler("worker", &[("stream", "LATER")]))
+        .await;
+    assert!(
+        line.contains("link ready"),
+        "a missing stream does not reject the link: {line}"
+    );
+    provider
+        .wait_for_health(
+            "the missing stream",
+            Duration::from_secs(10),
+            |healthy, message| !healthy && message.contains("stream \"LATER\" not found"),
+        )
+        .await;
+
+    create_stream(&js, "LATER", &["later.>"]).await;
+    provider
+        .wait_for_health("health again", Duration::from_secs(10), |healthy, _| {
+            healthy
+        })
+        .await;
+    publish_stored(&js, "later.x", 0..1).await;
+    assert_eq!(&component.next().await.message.body[..], b"0");
+}
+
+#[tokio::test]
+async fn health_names_a_server_without_jetstream() {
+    let lattice = Lattice::start().await;
+    let provider = lattice.provider(&[]).await;
+    let _component = lattice.component("worker", Behaviour::default()).await;
+    provider
+        .put_link(&Link::handler("worker", &[("stream", "ANY")]))
+        .await;
+    provider
+        .wait_for_health(
+            "no JetStream",
+            Duration::from_secs(10),
+            |healthy, message| {
+                !healthy && message.contains("JetStream") && message.contains("worker/default")
+            },
+        )
+        .await;
+}
+
+#[tokio::test]
+async fn bad_durable_config_is_rejected_naming_the_key() {
+    let lattice = jetstream_lattice().await;
+    let provider = lattice.provider_with(ProviderOptions::default()).await;
+    for (config, key) in [
+        (vec![("durable_name", "x")], "durable_name"),
+        (vec![("stream", "A.B")], "stream"),
+        (
+            vec![("stream", "A"), ("deliver_policy", "by_start_sequence")],
+            "start_sequence",
+        ),
+        (
+            vec![("stream", "A"), ("dead_letter_subject", "dead")],
+            "dead_letter_subject",
+        ),
+        (vec![("consumers", "[{\"stream\": \"A\"}]")], "consumers"),
+        (
+            vec![
+                ("stream", "A"),
+                ("max_deliver", "2"),
+                ("backoff_ms", "1,2,3"),
+            ],
+            "backoff_ms",
+        ),
+    ] {
+        let line = provider.put_link(&Link::handler("worker", &config)).await;
+        assert!(
+            line.contains("link rejected") && line.contains(&format!("'{key}'")),
+            "{config:?}: {line}"
+        );
+    }
+}
