@@ -5,6 +5,7 @@ use std::collections::{BTreeMap, HashSet};
 use std::time::{Duration, Instant};
 
 use async_nats::jetstream::{self, consumer, stream};
+use futures::StreamExt as _;
 
 use crate::support::{
     Behaviour, Lattice, Link, NatsServer, ProviderOptions, ServerExt as _, ServerOptions, WAIT,
@@ -563,4 +564,121 @@ async fn bad_durable_config_is_rejected_naming_the_key() {
             "{config:?}: {line}"
         );
     }
+}
+
+#[tokio::test]
+async fn dead_letter_waits_for_its_stream_instead_of_being_lost() {
+    let lattice = jetstream_lattice().await;
+    let js = js(&lattice);
+    create_stream(&js, "ORDERS", &["orders.>"]).await;
+    let provider = lattice.provider(&[]).await;
+    let mut component = lattice
+        .component(
+            "worker",
+            Behaviour {
+                fail_prefix: Some(b"poison".to_vec()),
+                ..Behaviour::default()
+            },
+        )
+        .await;
+    provider
+        .put_link(&Link::handler(
+            "worker",
+            &[
+                ("stream", "ORDERS"),
+                ("durable_name", "orders"),
+                ("max_deliver", "2"),
+                ("ack_wait_ms", "1000"),
+                ("dead_letter_subject", "dead.orders"),
+            ],
+        ))
+        .await;
+    let from = provider.logs.line_count();
+    js.publish("orders.bad", "poison".into())
+        .await
+        .unwrap()
+        .await
+        .unwrap();
+    component.take(2).await;
+    // Its last attempt failed while no stream stores dead letters; the
+    // server will not redeliver it, so the provider must keep it.
+    provider
+        .logs
+        .wait_for(from, "a failed dead-letter attempt", |l| {
+            l.contains("dead letter not stored")
+        })
+        .await;
+    tokio::time::sleep(Duration::from_secs(2)).await;
+
+    create_stream(&js, "DEAD", &["dead.orders"]).await;
+    let dead = js.get_stream("DEAD").await.unwrap();
+    let deadline = Instant::now() + Duration::from_secs(60);
+    while dead.get_info().await.unwrap().state.messages == 0 {
+        assert!(Instant::now() < deadline, "dead letter never stored");
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+    assert_eq!(
+        &dead.get_raw_message(1).await.unwrap().payload[..],
+        b"poison"
+    );
+    wait_until_settled(&js, "ORDERS", "orders").await;
+}
+
+#[tokio::test]
+async fn shutdown_naks_messages_still_running_after_the_drain_time() {
+    let lattice = jetstream_lattice().await;
+    let js = js(&lattice);
+    create_stream(&js, "LONG", &["long.>"]).await;
+    let provider = lattice.provider(&[]).await;
+    let mut component = lattice
+        .component("worker", Behaviour::slow(Duration::from_secs(20)))
+        .await;
+    provider
+        .put_link(&Link::handler(
+            "worker",
+            &[
+                ("stream", "LONG"),
+                ("durable_name", "long"),
+                ("drain_timeout_ms", "300"),
+                ("handler_timeout_ms", "60000"),
+            ],
+        ))
+        .await;
+    publish_stored(&js, "long.job", 0..5).await;
+    let deadline = Instant::now() + WAIT;
+    while consumer_info(&js, "LONG", "long").await.num_ack_pending < 5 {
+        assert!(Instant::now() < deadline, "messages never taken");
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+
+    let logs = provider.logs.clone();
+    let status = provider.shutdown().await;
+    assert!(status.success(), "{status:?}");
+    // The ack wait is 30 s: only naks let another instance take the
+    // messages this soon.
+    let consumer: consumer::PullConsumer = js
+        .get_stream("LONG")
+        .await
+        .unwrap()
+        .get_consumer("long")
+        .await
+        .unwrap();
+    let mut batch = consumer
+        .fetch()
+        .max_messages(5)
+        .expires(Duration::from_secs(3))
+        .messages()
+        .await
+        .unwrap();
+    let mut redelivered = 0;
+    while let Some(Ok(_)) = batch.next().await {
+        redelivered += 1;
+    }
+    assert_eq!(
+        redelivered,
+        5,
+        "provider logs:\n{}",
+        logs.lines().join("\n")
+    );
+    assert_eq!(component.handled(), 0, "no call finished");
 }
