@@ -630,7 +630,7 @@ async fn shutdown_naks_messages_still_running_after_the_drain_time() {
     let js = js(&lattice);
     create_stream(&js, "LONG", &["long.>"]).await;
     let provider = lattice.provider(&[]).await;
-    let mut component = lattice
+    let component = lattice
         .component("worker", Behaviour::slow(Duration::from_secs(20)))
         .await;
     provider
