@@ -43,7 +43,9 @@ step "building the e2e crate with the embedded host (first build: 10-20 min on 2
 
 step "packaging build/messaging-nats.par.gz and build/echo_component.wasm"
 mkdir -p "$repo/build"
-(cd "$e2e" && cargo run --release --quiet --bin make-par -- "$repo/build/messaging-nats.par.gz")
+# Signed with the keys in $WASH_KEYS or ~/.wash/keys (made on first use).
+(cd "$repo" && cargo run --release --quiet -p messaging-nats-package --bin package -- \
+    --out "$repo/build/messaging-nats.par.gz")
 component_target="${CARGO_TARGET_DIR:-$repo/examples/echo-component/target}"
 cp "$component_target/wasm32-wasip2/release/echo_component.wasm" "$repo/build/echo_component.wasm"
 
