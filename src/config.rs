@@ -19,6 +19,8 @@ use wasmcloud_provider_sdk::core::secrets::SecretValue;
 use crate::subject::{self, SubjectPattern};
 
 mod durable;
+#[cfg(test)]
+mod upstream_tests;
 
 pub use durable::{
     default_durable_name, ConsumerSpec, DurableSettings, DurableSource, ManagedConsumer, StreamSpec,
