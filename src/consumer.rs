@@ -129,6 +129,7 @@ pub struct ConsumerLink {
     /// Released when the link (and any call still using it) is gone.
     pub connection: Lease,
     pub settings: ConsumerSettings,
+    pub metrics: crate::metrics::LinkMetrics,
 }
 
 impl ConsumerLink {

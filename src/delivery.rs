@@ -27,6 +27,7 @@ use crate::bindings::wasmcloud::messaging::handler;
 use crate::config::{HandlerSettings, Subscription};
 use crate::connection::{Lease, SubscriberRecord};
 use crate::consumer::BrokerMessage;
+use crate::metrics::{Dropped, Failure, LinkMetrics};
 use crate::{durable, trace_context};
 
 /// Most messages a link queues while its component is busy; NATS clients
@@ -106,6 +107,7 @@ pub struct Target {
     pub link_name: Arc<str>,
     /// Reused for every delivery of the link.
     pub wrpc: WrpcClient,
+    pub metrics: Arc<LinkMetrics>,
 }
 
 /// A running handler link. Dropping it without [`stop`](Self::stop) aborts
@@ -356,6 +358,7 @@ async fn run(link: LinkTask, mut messages: stream::SelectAll<async_nats::Subscri
                     left += 1;
                 }
                 status.dropped.fetch_add(left, Ordering::Relaxed);
+                target.metrics.dropped(Dropped::DrainTimeout, left);
                 // Dropping the set cancels the calls still running.
                 let aborted = in_flight.len() as u64;
                 drop(std::mem::take(&mut in_flight));
@@ -374,6 +377,7 @@ async fn run(link: LinkTask, mut messages: stream::SelectAll<async_nats::Subscri
                 Some(msg) if queue.has_room_for(&msg) => queue.push(msg),
                 Some(msg) => {
                     let dropped = status.dropped.fetch_add(1, Ordering::Relaxed) + 1;
+                    target.metrics.dropped(Dropped::QueueFull, 1);
                     // One line per power of two, not one per message.
                     if dropped.is_power_of_two() {
                         warn!(
@@ -487,6 +491,8 @@ pub async fn invoke(
     );
     let call = handler::handle_message(&target.wrpc, headers, message);
     let subject = message.subject.as_str();
+    target.metrics.delivery_started();
+    let started = Instant::now();
     let (counter, outcome) = match tokio::time::timeout(timeout, call).await {
         Ok(Ok(Ok(()))) => (&status.delivered, Outcome::Handled),
         Ok(Ok(Err(error))) => {
@@ -508,5 +514,12 @@ pub async fn invoke(
         }
     };
     counter.fetch_add(1, Ordering::Relaxed);
+    let failure = match outcome {
+        Outcome::Handled => None,
+        Outcome::HandlerError(_) => Some(Failure::HandlerError),
+        Outcome::InvokeFailed(_) => Some(Failure::InvokeFailed),
+        Outcome::TimedOut => Some(Failure::Timeout),
+    };
+    target.metrics.delivery_ended(started.elapsed(), failure);
     outcome
 }

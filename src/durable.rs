@@ -532,6 +532,7 @@ async fn deliver(msg: jetstream::Message, settle: Arc<Settle>) {
                 pause = (pause * 2).min(DEAD_LETTER_RETRY_MAX);
             }
             settle.status.dead_lettered.fetch_add(1, Ordering::Relaxed);
+            settle.target.metrics.dead_lettered();
             warn!(
                 dead_letter_subject = subject,
                 stream_sequence, delivered, "message dead-lettered after its last attempt"

@@ -12,6 +12,7 @@ pub mod consumer;
 pub mod delivery;
 pub mod durable;
 pub mod host_data;
+pub mod metrics;
 pub mod provider;
 pub mod subject;
 pub mod trace_context;

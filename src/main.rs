@@ -86,6 +86,8 @@ fn main() -> std::process::ExitCode {
 }
 
 async fn run() -> anyhow::Result<()> {
+    // Also installs the metrics exporter when the host enables metrics
+    // (see `messaging_nats::metrics`).
     wasmcloud_provider_sdk::initialize_observability!(PROVIDER_NAME, None::<&str>);
 
     // Watched before the links the host hands over at start are set up: a

@@ -22,6 +22,7 @@ use crate::config::{LinkRole, LinkSettings, ProviderDefaults};
 use crate::connection::{ConnectionPool, NatsConnection};
 use crate::consumer::{BrokerMessage, ConsumerError, ConsumerLink};
 use crate::delivery::{Deliveries, Target};
+use crate::metrics::{LinkMetrics, Operation};
 use crate::trace_context;
 
 const WIT_NAMESPACE: &str = "wasmcloud";
@@ -186,6 +187,7 @@ impl MessagingProvider {
             component_id: key.component_id.as_str().into(),
             link_name: key.link_name.as_str().into(),
             wrpc,
+            metrics: Arc::new(LinkMetrics::new(&key.component_id, &key.link_name)),
         };
         let subscriptions = settings
             .handler
@@ -231,6 +233,7 @@ impl MessagingProvider {
         let consumer = Arc::new(ConsumerLink {
             connection,
             settings: settings.consumer,
+            metrics: LinkMetrics::new(&key.component_id, &key.link_name),
         });
         // The replaced link's connection lease goes with it.
         self.write_consumers().insert(key.clone(), consumer);
@@ -397,7 +400,11 @@ impl consumer::Handler<Option<Context>> for MessagingProvider {
             Ok(headers) => headers,
             Err(reason) => return Ok(Err(ConsumerError::InvalidHeader(reason).to_string())),
         };
-        Ok(link.publish(msg, headers).await.map_err(|err| {
+        let started = std::time::Instant::now();
+        let result = link.publish(msg, headers).await;
+        link.metrics
+            .sent(Operation::Publish, started.elapsed(), result.is_ok());
+        Ok(result.map_err(|err| {
             debug!(error = %err, "publish failed");
             err.to_string()
         }))
@@ -418,12 +425,13 @@ impl consumer::Handler<Option<Context>> for MessagingProvider {
             Ok(headers) => headers,
             Err(reason) => return Ok(Err(ConsumerError::InvalidHeader(reason).to_string())),
         };
-        Ok(link
-            .request(subject, body, timeout_ms, headers)
-            .await
-            .map_err(|err| {
-                debug!(error = %err, "request failed");
-                err.to_string()
-            }))
+        let started = std::time::Instant::now();
+        let result = link.request(subject, body, timeout_ms, headers).await;
+        link.metrics
+            .sent(Operation::Request, started.elapsed(), result.is_ok());
+        Ok(result.map_err(|err| {
+            debug!(error = %err, "request failed");
+            err.to_string()
+        }))
     }
 }

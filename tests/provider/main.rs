@@ -10,6 +10,7 @@ mod durable;
 mod faults;
 mod lifecycle;
 mod memory;
+mod metrics;
 mod publish;
 mod request;
 mod security;

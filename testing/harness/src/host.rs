@@ -12,7 +12,7 @@ use anyhow::Context as _;
 use base64::Engine as _;
 use bytes::Bytes;
 use wasmcloud_provider_sdk::core::secrets::SecretValue;
-use wasmcloud_provider_sdk::core::{HostData, InterfaceLinkDefinition};
+use wasmcloud_provider_sdk::core::{HostData, InterfaceLinkDefinition, OtelConfig, OtelProtocol};
 
 use crate::component::{Behaviour, Component};
 use crate::server::{NatsServer, ServerExt as _};
@@ -158,6 +158,9 @@ pub struct ProviderOptions {
     pub rust_log: Option<String>,
     /// Links that exist already, handed over in the start-up handshake.
     pub links: Vec<Link>,
+    /// Where the host tells the provider to export metrics (OTLP over
+    /// HTTP), with a short export interval; unset: metrics off.
+    pub metrics_endpoint: Option<String>,
 }
 
 impl Default for ProviderOptions {
@@ -169,6 +172,7 @@ impl Default for ProviderOptions {
             log_level: wasmcloud_provider_sdk::core::logging::Level::Debug,
             rust_log: None,
             links: Vec::new(),
+            metrics_endpoint: None,
         }
     }
 }
@@ -210,6 +214,7 @@ impl Provider {
             log_level,
             rust_log,
             links,
+            metrics_endpoint,
         } = options;
         let provider_xkey = nkeys::XKey::new();
         let provider_xkey_public =
@@ -232,6 +237,12 @@ impl Provider {
             provider_xkey_private_key: provider_xkey.seed().expect("xkey seed"),
             log_level: Some(log_level),
             link_definitions,
+            otel_config: OtelConfig {
+                enable_metrics: Some(metrics_endpoint.is_some()),
+                metrics_endpoint: metrics_endpoint.clone(),
+                protocol: OtelProtocol::Http,
+                ..OtelConfig::default()
+            },
             ..Default::default()
         };
         let json = serde_json::to_vec(&host_data).expect("host data json");
@@ -239,7 +250,12 @@ impl Provider {
             "{}\r\n",
             base64::engine::general_purpose::STANDARD.encode(json)
         );
-        let (child, logs) = spawn_provider(line.as_bytes(), rust_log.as_deref());
+        // The exporter's default interval is a minute.
+        let env: &[(&str, &str)] = match metrics_endpoint {
+            Some(_) => &[("OTEL_METRIC_EXPORT_INTERVAL", "200")],
+            None => &[],
+        };
+        let (child, logs) = spawn_provider_with(line.as_bytes(), rust_log.as_deref(), env);
 
         Self {
             key: key.clone(),
@@ -416,10 +432,20 @@ impl Provider {
 /// Starts the provider binary with `stdin` as its standard input and
 /// collects every line it prints, stdout and stderr alike.
 pub fn spawn_provider(stdin: &[u8], rust_log: Option<&str>) -> (Child, Logs) {
+    spawn_provider_with(stdin, rust_log, &[])
+}
+
+/// [`spawn_provider`] with more environment variables.
+fn spawn_provider_with(
+    stdin: &[u8],
+    rust_log: Option<&str>,
+    env: &[(&str, &str)],
+) -> (Child, Logs) {
     let mut command = Command::new(crate::provider_binary());
     if let Some(filter) = rust_log {
         command.env("RUST_LOG", filter);
     }
+    command.envs(env.iter().copied());
     let mut child = command
         .stdin(Stdio::piped())
         .stdout(Stdio::piped())

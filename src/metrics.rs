@@ -1,0 +1,216 @@
+//! OpenTelemetry metrics, exported when the host enables them (see
+//! `main.rs`); otherwise the instruments are OpenTelemetry's no-op ones.
+//!
+//! Names and attributes follow the messaging semantic conventions where
+//! they have one (`messaging.client.*`, `messaging.process.duration`,
+//! `messaging.system`, `messaging.operation.*`, `error.type`); the rest is
+//! under `wasmcloud.messaging.*`. Every series carries the link it belongs
+//! to (`wasmcloud.component.id`, `wasmcloud.link.name`), never a subject: a
+//! component chooses subjects freely, and a series per subject would let it
+//! grow the exporter's memory without bound.
+
+use std::sync::OnceLock;
+use std::time::Duration;
+
+use opentelemetry::metrics::{Counter, Histogram, UpDownCounter};
+use opentelemetry::KeyValue;
+
+/// The instruments, made on first use: after `main` has installed the
+/// meter provider.
+struct Instruments {
+    consumed: Counter<u64>,
+    process_duration: Histogram<f64>,
+    in_flight: UpDownCounter<i64>,
+    dropped: Counter<u64>,
+    dead_lettered: Counter<u64>,
+    sent: Counter<u64>,
+    operation_duration: Histogram<f64>,
+}
+
+fn instruments() -> &'static Instruments {
+    static INSTRUMENTS: OnceLock<Instruments> = OnceLock::new();
+    INSTRUMENTS.get_or_init(|| {
+        let meter = opentelemetry::global::meter("messaging-nats");
+        Instruments {
+            consumed: meter
+                .u64_counter("messaging.client.consumed.messages")
+                .with_description("Messages a handler link received for its component")
+                .with_unit("{message}")
+                .build(),
+            process_duration: meter
+                .f64_histogram("messaging.process.duration")
+                .with_description("Duration of handle-message calls; error.type names failures")
+                .with_unit("s")
+                .build(),
+            in_flight: meter
+                .i64_up_down_counter("wasmcloud.messaging.deliveries.in_flight")
+                .with_description("handle-message calls running")
+                .with_unit("{call}")
+                .build(),
+            dropped: meter
+                .u64_counter("wasmcloud.messaging.dropped.messages")
+                .with_description("Messages dropped before delivery; the reason attribute says why")
+                .with_unit("{message}")
+                .build(),
+            dead_lettered: meter
+                .u64_counter("wasmcloud.messaging.dead_lettered.messages")
+                .with_description("Durable messages moved to the dead-letter subject")
+                .with_unit("{message}")
+                .build(),
+            sent: meter
+                .u64_counter("messaging.client.sent.messages")
+                .with_description("Messages components published or sent as requests")
+                .with_unit("{message}")
+                .build(),
+            operation_duration: meter
+                .f64_histogram("messaging.client.operation.duration")
+                .with_description("Duration of publish and request calls")
+                .with_unit("s")
+                .build(),
+        }
+    })
+}
+
+/// Why a delivery failed, as `error.type`.
+#[derive(Clone, Copy)]
+pub enum Failure {
+    HandlerError,
+    InvokeFailed,
+    Timeout,
+}
+
+impl Failure {
+    fn name(self) -> &'static str {
+        match self {
+            Failure::HandlerError => "handler_error",
+            Failure::InvokeFailed => "invocation_failed",
+            Failure::Timeout => "timeout",
+        }
+    }
+}
+
+/// Why a message was dropped, as `reason`.
+#[derive(Clone, Copy)]
+pub enum Dropped {
+    /// The handler link's queue was full (its component is behind).
+    QueueFull,
+    /// Left undelivered when a drain timed out.
+    DrainTimeout,
+}
+
+/// A consumer call, as `messaging.operation.name`.
+#[derive(Clone, Copy)]
+pub enum Operation {
+    Publish,
+    Request,
+}
+
+/// The attribute sets of one link, built once so that recording a
+/// measurement allocates nothing.
+pub struct LinkMetrics {
+    process: Vec<KeyValue>,
+    failures: [Vec<KeyValue>; 3],
+    dropped: [Vec<KeyValue>; 2],
+    publish: Vec<KeyValue>,
+    request: Vec<KeyValue>,
+    publish_failed: Vec<KeyValue>,
+    request_failed: Vec<KeyValue>,
+}
+
+impl LinkMetrics {
+    pub fn new(component_id: &str, link_name: &str) -> Self {
+        let link = [
+            KeyValue::new("messaging.system", "nats"),
+            KeyValue::new("wasmcloud.component.id", component_id.to_string()),
+            KeyValue::new("wasmcloud.link.name", link_name.to_string()),
+        ];
+        let with = |extra: &[(&'static str, &'static str)]| -> Vec<KeyValue> {
+            link.iter()
+                .cloned()
+                .chain(extra.iter().map(|(k, v)| KeyValue::new(*k, *v)))
+                .collect()
+        };
+        let process = [
+            ("messaging.operation.type", "process"),
+            ("messaging.operation.name", "handle-message"),
+        ];
+        let failure = |f: Failure| with(&[process[0], process[1], ("error.type", f.name())]);
+        let send = |name: &'static str| {
+            [
+                ("messaging.operation.type", "send"),
+                ("messaging.operation.name", name),
+            ]
+        };
+        Self {
+            process: with(&process),
+            failures: [
+                failure(Failure::HandlerError),
+                failure(Failure::InvokeFailed),
+                failure(Failure::Timeout),
+            ],
+            dropped: [
+                with(&[("reason", "queue_full")]),
+                with(&[("reason", "drain_timeout")]),
+            ],
+            publish: with(&send("publish")),
+            request: with(&send("request")),
+            publish_failed: with(&[
+                send("publish")[0],
+                send("publish")[1],
+                ("error.type", "publish_failed"),
+            ]),
+            request_failed: with(&[
+                send("request")[0],
+                send("request")[1],
+                ("error.type", "request_failed"),
+            ]),
+        }
+    }
+
+    /// A delivery starts: counted as consumed and in flight.
+    pub fn delivery_started(&self) {
+        let instruments = instruments();
+        instruments.consumed.add(1, &self.process);
+        instruments.in_flight.add(1, &self.process);
+    }
+
+    /// A delivery ended after `elapsed`, failed as `failure` says.
+    pub fn delivery_ended(&self, elapsed: Duration, failure: Option<Failure>) {
+        let instruments = instruments();
+        instruments.in_flight.add(-1, &self.process);
+        let attributes = match failure {
+            None => &self.process,
+            Some(f) => &self.failures[f as usize],
+        };
+        instruments
+            .process_duration
+            .record(elapsed.as_secs_f64(), attributes);
+    }
+
+    pub fn dropped(&self, reason: Dropped, count: u64) {
+        if count > 0 {
+            instruments()
+                .dropped
+                .add(count, &self.dropped[reason as usize]);
+        }
+    }
+
+    pub fn dead_lettered(&self) {
+        instruments().dead_lettered.add(1, &self.process);
+    }
+
+    /// A publish or request took `elapsed` and succeeded or not.
+    pub fn sent(&self, operation: Operation, elapsed: Duration, ok: bool) {
+        let attributes = match (operation, ok) {
+            (Operation::Publish, true) => &self.publish,
+            (Operation::Publish, false) => &self.publish_failed,
+            (Operation::Request, true) => &self.request,
+            (Operation::Request, false) => &self.request_failed,
+        };
+        let instruments = instruments();
+        instruments.sent.add(1, attributes);
+        instruments
+            .operation_duration
+            .record(elapsed.as_secs_f64(), attributes);
+    }
+}

@@ -1,0 +1,261 @@
+//! OpenTelemetry metrics, exported by the provider's real OTLP/HTTP
+//! exporter to a receiver this test runs, and decoded as a collector would.
+
+use std::collections::BTreeMap;
+use std::time::{Duration, Instant};
+
+use opentelemetry_proto::tonic::collector::metrics::v1::ExportMetricsServiceRequest;
+use opentelemetry_proto::tonic::common::v1::any_value::Value;
+use opentelemetry_proto::tonic::metrics::v1::metric::Data;
+use opentelemetry_proto::tonic::metrics::v1::number_data_point;
+use prost::Message as _;
+use tokio::io::{AsyncBufReadExt as _, AsyncReadExt as _, AsyncWriteExt as _, BufReader};
+use tokio::net::TcpListener;
+use tokio::sync::mpsc;
+
+use crate::support::{echo_responder, Behaviour, BrokerMessage, Lattice, Link, ProviderOptions};
+
+/// An OTLP/HTTP metrics receiver: answers every POST with 200 and hands
+/// each decoded export request to the test.
+struct Receiver {
+    url: String,
+    exports: mpsc::UnboundedReceiver<ExportMetricsServiceRequest>,
+}
+
+impl Receiver {
+    async fn start() -> Self {
+        let listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
+        let url = format!("http://{}/v1/metrics", listener.local_addr().unwrap());
+        let (tx, exports) = mpsc::unbounded_channel();
+        tokio::spawn(async move {
+            while let Ok((socket, _)) = listener.accept().await {
+                tokio::spawn(serve(socket, tx.clone()));
+            }
+        });
+        Self { url, exports }
+    }
+}
+
+/// One HTTP/1.1 connection: requests with a `content-length` body, kept
+/// alive until the client closes it.
+async fn serve(
+    socket: tokio::net::TcpStream,
+    tx: mpsc::UnboundedSender<ExportMetricsServiceRequest>,
+) {
+    let mut socket = BufReader::new(socket);
+    loop {
+        let mut length = 0;
+        let mut line = String::new();
+        loop {
+            line.clear();
+            if socket.read_line(&mut line).await.unwrap_or(0) == 0 {
+                return;
+            }
+            if line == "\r\n" {
+                break;
+            }
+            if let Some((name, value)) = line.split_once(':') {
+                if name.eq_ignore_ascii_case("content-length") {
+                    length = value.trim().parse().unwrap_or(0);
+                }
+            }
+        }
+        let mut body = vec![0; length];
+        if socket.read_exact(&mut body).await.is_err() {
+            return;
+        }
+        if let Ok(request) = ExportMetricsServiceRequest::decode(body.as_slice()) {
+            let _ = tx.send(request);
+        }
+        let answer =
+            b"HTTP/1.1 200 OK\r\ncontent-type: application/x-protobuf\r\ncontent-length: 0\r\n\r\n";
+        if socket.get_mut().write_all(answer).await.is_err() {
+            return;
+        }
+    }
+}
+
+/// A series the test expects: metric, attributes it has, attribute keys
+/// it lacks, value.
+type Expected<'a> = (&'a str, Vec<(&'a str, &'a str)>, Vec<&'a str>, f64);
+
+/// The latest value of each series: (metric name, sorted attributes) to a
+/// sum, a gauge value, or a histogram's count.
+type Series = BTreeMap<(String, Vec<(String, String)>), f64>;
+
+fn record(series: &mut Series, export: &ExportMetricsServiceRequest) {
+    for resource in &export.resource_metrics {
+        for scope in &resource.scope_metrics {
+            for metric in &scope.metrics {
+                let mut put =
+                    |attributes: &[opentelemetry_proto::tonic::common::v1::KeyValue],
+                     value: f64| {
+                        let mut attributes: Vec<_> = attributes
+                            .iter()
+                            .map(|kv| {
+                                let value = match kv.value.as_ref().and_then(|v| v.value.as_ref()) {
+                                    Some(Value::StringValue(s)) => s.clone(),
+                                    other => format!("{other:?}"),
+                                };
+                                (kv.key.clone(), value)
+                            })
+                            .collect();
+                        attributes.sort();
+                        series.insert((metric.name.clone(), attributes), value);
+                    };
+                let number =
+                    |point: &opentelemetry_proto::tonic::metrics::v1::NumberDataPoint| match point
+                        .value
+                    {
+                        Some(number_data_point::Value::AsInt(n)) => n as f64,
+                        Some(number_data_point::Value::AsDouble(n)) => n,
+                        None => 0.0,
+                    };
+                match &metric.data {
+                    Some(Data::Sum(sum)) => {
+                        for point in &sum.data_points {
+                            put(&point.attributes, number(point));
+                        }
+                    }
+                    Some(Data::Gauge(gauge)) => {
+                        for point in &gauge.data_points {
+                            put(&point.attributes, number(point));
+                        }
+                    }
+                    Some(Data::Histogram(histogram)) => {
+                        for point in &histogram.data_points {
+                            put(&point.attributes, point.count as f64);
+                        }
+                    }
+                    _ => {}
+                }
+            }
+        }
+    }
+}
+
+/// The value of `metric` for the series whose attributes include all of
+/// `with` and none of the keys in `without`.
+fn value(series: &Series, metric: &str, with: &[(&str, &str)], without: &[&str]) -> Option<f64> {
+    series
+        .iter()
+        .find(|((name, attributes), _)| {
+            name == metric
+                && with
+                    .iter()
+                    .all(|(k, v)| attributes.iter().any(|(ak, av)| ak == k && av == v))
+                && !attributes
+                    .iter()
+                    .any(|(k, _)| without.contains(&k.as_str()))
+        })
+        .map(|(_, v)| *v)
+}
+
+#[tokio::test]
+async fn deliveries_publishes_and_requests_are_exported_per_link() {
+    let mut receiver = Receiver::start().await;
+    let lattice = Lattice::start().await;
+    let provider = lattice
+        .provider_with(ProviderOptions {
+            metrics_endpoint: Some(receiver.url.clone()),
+            ..ProviderOptions::default()
+        })
+        .await;
+    let mut component = lattice
+        .component(
+            "worker",
+            Behaviour {
+                fail_prefix: Some(b"bad".to_vec()),
+                ..Behaviour::default()
+            },
+        )
+        .await;
+    provider
+        .put_link(&Link::handler("worker", &[("subscriptions", "jobs.>")]))
+        .await;
+    provider.put_link(&Link::consumer("worker", &[])).await;
+    let _responder = echo_responder(&lattice.client, "echo").await;
+
+    for body in ["ok 1", "ok 2", "ok 3", "bad 1", "bad 2"] {
+        lattice.client.publish("jobs.x", body.into()).await.unwrap();
+    }
+    component.take(5).await;
+    let caller = component.caller(&provider).await;
+    for i in 0..3 {
+        let message = BrokerMessage {
+            subject: "out.x".to_string(),
+            body: format!("{i}").into(),
+            reply_to: None,
+        };
+        caller.publish(&message).await.unwrap().unwrap();
+    }
+    caller
+        .request("echo", b"ping", 2000)
+        .await
+        .unwrap()
+        .unwrap();
+
+    let link = [
+        ("messaging.system", "nats"),
+        ("wasmcloud.component.id", "worker"),
+        ("wasmcloud.link.name", "default"),
+    ];
+    let with = |extra: &[(&'static str, &'static str)]| {
+        link.iter().chain(extra).copied().collect::<Vec<_>>()
+    };
+    let expected: Vec<Expected> = vec![
+        ("messaging.client.consumed.messages", with(&[]), vec![], 5.0),
+        (
+            "messaging.process.duration",
+            with(&[]),
+            vec!["error.type"],
+            3.0,
+        ),
+        (
+            "messaging.process.duration",
+            with(&[("error.type", "handler_error")]),
+            vec![],
+            2.0,
+        ),
+        (
+            "wasmcloud.messaging.deliveries.in_flight",
+            with(&[]),
+            vec![],
+            0.0,
+        ),
+        (
+            "messaging.client.sent.messages",
+            with(&[("messaging.operation.name", "publish")]),
+            vec!["error.type"],
+            3.0,
+        ),
+        (
+            "messaging.client.operation.duration",
+            with(&[("messaging.operation.name", "request")]),
+            vec!["error.type"],
+            1.0,
+        ),
+    ];
+    let mut series = Series::new();
+    let deadline = Instant::now() + Duration::from_secs(30);
+    loop {
+        let missing: Vec<_> = expected
+            .iter()
+            .filter(|(metric, with, without, want)| {
+                value(&series, metric, with, without) != Some(*want)
+            })
+            .map(|(metric, with, _, want)| format!("{metric} {with:?} = {want}"))
+            .collect();
+        if missing.is_empty() {
+            break;
+        }
+        let left = deadline.saturating_duration_since(Instant::now());
+        match tokio::time::timeout(left, receiver.exports.recv()).await {
+            Ok(Some(export)) => record(&mut series, &export),
+            _ => panic!(
+                "not exported: {missing:#?}\nseen: {series:#?}\nprovider:\n{}",
+                provider.logs.lines().join("\n")
+            ),
+        }
+    }
+}
