@@ -63,6 +63,24 @@ async fn consumer_info(js: &jetstream::Context, stream: &str, name: &str) -> con
         .expect("consumer info")
 }
 
+/// The first message `stream` stores, waiting for it up to `within`.
+async fn first_stored(
+    js: &jetstream::Context,
+    stream: &str,
+    within: Duration,
+) -> async_nats::jetstream::message::StreamMessage {
+    let stream = js.get_stream(stream).await.expect("stream");
+    let deadline = Instant::now() + within;
+    while stream.get_info().await.expect("stream info").state.messages == 0 {
+        assert!(
+            Instant::now() < deadline,
+            "nothing stored within {within:?}"
+        );
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+    stream.get_raw_message(1).await.expect("first message")
+}
+
 /// Waits until the consumer has no message left unacked or undelivered.
 async fn wait_until_settled(js: &jetstream::Context, stream: &str, name: &str) -> consumer::Info {
     let deadline = Instant::now() + WAIT;
@@ -178,13 +196,7 @@ async fn always_failing_message_goes_to_the_dead_letter_subject_and_others_keep_
     create_stream(&js, "DEAD", &["dead.orders"]).await;
     let provider = lattice.provider(&[]).await;
     let mut component = lattice
-        .component(
-            "worker",
-            Behaviour {
-                fail_prefix: Some(b"poison".to_vec()),
-                ..Behaviour::default()
-            },
-        )
+        .component("worker", Behaviour::failing_on(b"poison"))
         .await;
     provider
         .put_link(&Link::handler(
@@ -222,13 +234,7 @@ async fn always_failing_message_goes_to_the_dead_letter_subject_and_others_keep_
         .collect();
     assert_eq!(good.len(), 20, "the other messages were delivered");
 
-    let dead = js.get_stream("DEAD").await.unwrap();
-    let deadline = Instant::now() + WAIT;
-    while dead.get_info().await.unwrap().state.messages == 0 {
-        assert!(Instant::now() < deadline, "no dead letter stored");
-        tokio::time::sleep(Duration::from_millis(50)).await;
-    }
-    let letter = dead.get_raw_message(1).await.unwrap();
+    let letter = first_stored(&js, "DEAD", WAIT).await;
     assert_eq!(&letter.payload[..], b"poison pill");
     let header = |name: &str| {
         letter
@@ -573,13 +579,7 @@ async fn dead_letter_waits_for_its_stream_instead_of_being_lost() {
     create_stream(&js, "ORDERS", &["orders.>"]).await;
     let provider = lattice.provider(&[]).await;
     let mut component = lattice
-        .component(
-            "worker",
-            Behaviour {
-                fail_prefix: Some(b"poison".to_vec()),
-                ..Behaviour::default()
-            },
-        )
+        .component("worker", Behaviour::failing_on(b"poison"))
         .await;
     provider
         .put_link(&Link::handler(
@@ -611,16 +611,8 @@ async fn dead_letter_waits_for_its_stream_instead_of_being_lost() {
     tokio::time::sleep(Duration::from_secs(2)).await;
 
     create_stream(&js, "DEAD", &["dead.orders"]).await;
-    let dead = js.get_stream("DEAD").await.unwrap();
-    let deadline = Instant::now() + Duration::from_secs(60);
-    while dead.get_info().await.unwrap().state.messages == 0 {
-        assert!(Instant::now() < deadline, "dead letter never stored");
-        tokio::time::sleep(Duration::from_millis(100)).await;
-    }
-    assert_eq!(
-        &dead.get_raw_message(1).await.unwrap().payload[..],
-        b"poison"
-    );
+    let letter = first_stored(&js, "DEAD", Duration::from_secs(60)).await;
+    assert_eq!(&letter.payload[..], b"poison");
     wait_until_settled(&js, "ORDERS", "orders").await;
 }
 

@@ -162,13 +162,7 @@ async fn deliveries_publishes_and_requests_are_exported_per_link() {
         })
         .await;
     let mut component = lattice
-        .component(
-            "worker",
-            Behaviour {
-                fail_prefix: Some(b"bad".to_vec()),
-                ..Behaviour::default()
-            },
-        )
+        .component("worker", Behaviour::failing_on(b"bad"))
         .await;
     provider
         .put_link(&Link::handler("worker", &[("subscriptions", "jobs.>")]))

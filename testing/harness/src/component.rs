@@ -44,6 +44,14 @@ impl Behaviour {
         }
     }
 
+    /// Returns `Err` for bodies that start with `prefix`, `Ok` otherwise.
+    pub fn failing_on(prefix: &[u8]) -> Self {
+        Self {
+            fail_prefix: Some(prefix.to_vec()),
+            ..Self::default()
+        }
+    }
+
     /// Answers `Ok` after `delay`.
     pub fn slow(delay: Duration) -> Self {
         Self {
