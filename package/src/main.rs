@@ -31,7 +31,8 @@ async fn main() -> ExitCode {
 }
 
 async fn run() -> Result<()> {
-    let repo = Path::new(env!("CARGO_MANIFEST_DIR")).join("..");
+    let manifest_dir = Path::new(env!("CARGO_MANIFEST_DIR"));
+    let repo = manifest_dir.parent().unwrap_or(manifest_dir).to_path_buf();
     let mut out = repo.join("build").join("messaging-nats.par.gz");
     let mut bin = None;
     let mut others = Vec::new();
