@@ -204,8 +204,12 @@ impl SourceTask {
                     ),
                 }
             }
+            // A fetch waits for half the slots to be free (or all, when
+            // idle): one request per freed slot would cost a server round
+            // trip per message.
             let free = self.max_in_flight.saturating_sub(in_flight.len());
-            if let (false, None, Some(found), true) = (stopping, &batch, &bound, free > 0) {
+            let worth_fetching = free >= self.max_in_flight.div_ceil(2) || in_flight.is_empty();
+            if let (false, None, Some(found), true) = (stopping, &batch, &bound, worth_fetching) {
                 match tokio::time::timeout(API_TIMEOUT, self.fetch(&found.consumer, free)).await {
                     Ok(Ok(started)) => batch = Some(started),
                     Ok(Err(problem)) => {

@@ -17,8 +17,8 @@ use anyhow::{bail, Context as _};
 use bytes::Bytes;
 use messaging_nats_harness::component::bindings::wasmcloud::messaging::consumer;
 use messaging_nats_harness::{
-    echo_responder, Behaviour, BrokerMessage, Component, Lattice, Link, Provider, ProviderOptions,
-    ServerExt as _,
+    echo_responder, Behaviour, BrokerMessage, Component, Lattice, Link, NatsServer, Provider,
+    ProviderOptions, ServerExt as _, ServerOptions,
 };
 use wasmcloud_provider_sdk::core::logging::Level;
 
@@ -211,7 +211,7 @@ async fn main() -> anyhow::Result<()> {
         .and_then(|i| args.get(i + 1).cloned())
         .unwrap_or_else(|| "target/bench.json".to_string());
     // `--only NAME` runs one part (raw, bare, publish, request, delivery,
-    // memory), e.g. to profile the provider during it.
+    // durable, memory), e.g. to profile the provider during it.
     let only = args
         .iter()
         .position(|a| a == "--only")
@@ -259,6 +259,10 @@ async fn main() -> anyhow::Result<()> {
     if runs("delivery") {
         println!("delivery to a no-op handle-message");
         deliveries(&lattice, &provider, &bare, &sizes, &mut report).await?;
+    }
+    if runs("durable") {
+        println!("durable delivery from a JetStream backlog to a no-op handle-message");
+        durable(&lattice, &provider, &bare, &sizes, &mut report).await?;
     }
     if runs("memory") {
         println!("memory");
@@ -545,6 +549,85 @@ async fn deliveries(
             "calls/s",
         );
         report.add(&format!("{name} / bare"), rate / bare_rate, "x");
+        provider.delete_link(&link).await;
+    }
+    Ok(())
+}
+
+/// Durable delivery: a backlog stored in a JetStream stream (file storage)
+/// drained through the provider's pull consumer, each message acked after
+/// its call; against the bare call at the same concurrency.
+async fn durable(
+    lattice: &Lattice,
+    provider: &Provider,
+    bare: &Arc<wrpc_transport_nats::Client>,
+    sizes: &Sizes,
+    report: &mut Report,
+) -> anyhow::Result<()> {
+    let server = NatsServer::with(ServerOptions {
+        jetstream: true,
+        ..ServerOptions::default()
+    });
+    let js = async_nats::jetstream::new(server.client().await);
+    js.create_stream(async_nats::jetstream::stream::Config {
+        name: "BENCH".to_string(),
+        subjects: vec!["bench.durable.>".to_string()],
+        ..Default::default()
+    })
+    .await?;
+    let body = Bytes::from_static(&[b'x'; 16]);
+    for max_in_flight in [16, 128] {
+        let n = sizes.deliveries / 2;
+        let subject = format!("bench.durable.{max_in_flight}");
+        let mut acks = Vec::with_capacity(1024);
+        for _ in 0..n {
+            acks.push(js.publish(subject.clone(), body.clone()).await?);
+            if acks.len() == 1024 {
+                for ack in acks.drain(..) {
+                    ack.await?;
+                }
+            }
+        }
+        for ack in acks {
+            ack.await?;
+        }
+        let bare_rate = measure(n / 4, max_in_flight, bare_call(bare, body.clone())).await;
+        let id = format!("durable{max_in_flight}");
+        let component = lattice.component(&id, Behaviour::no_op()).await;
+        let (servers, mif) = (server.url(), max_in_flight.to_string());
+        let link = Link::handler(
+            &id,
+            &[
+                ("cluster_uris", servers.as_str()),
+                ("stream", "BENCH"),
+                ("filter_subjects", subject.as_str()),
+                ("max_in_flight", mif.as_str()),
+            ],
+        );
+        let started = Instant::now();
+        provider.put_link(&link).await;
+        let mut last_progress = (0, Instant::now());
+        while component.handled() < n {
+            tokio::time::sleep(Duration::from_millis(2)).await;
+            let handled = component.handled();
+            if handled != last_progress.0 {
+                last_progress = (handled, Instant::now());
+            } else if last_progress.1.elapsed() > 3 * CALL_TIMEOUT {
+                break;
+            }
+        }
+        let handled = component.handled();
+        let elapsed = last_progress.1.duration_since(started).as_secs_f64();
+        let rate = handled as f64 / elapsed.max(1e-9);
+        let name = format!("durable delivery max_in_flight {max_in_flight}");
+        report.add(&name, rate, "msg/s");
+        report.add(&format!("{name} lost"), (n - handled) as f64, "msg");
+        report.add(
+            &format!("bare call 16 B c{max_in_flight}, before it"),
+            bare_rate.per_second,
+            "calls/s",
+        );
+        report.add(&format!("{name} / bare"), rate / bare_rate.per_second, "x");
         provider.delete_link(&link).await;
     }
     Ok(())
