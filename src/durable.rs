@@ -330,15 +330,21 @@ impl SourceTask {
             },
         };
         let consumer: PullConsumer = match &self.source.consumer {
-            ConsumerSpec::Managed(managed) => stream
-                .create_consumer(consumer_config(&self.consumer_name, managed))
-                .await
-                .map_err(|err| {
-                    format!(
-                        "cannot create or update consumer {:?}: {err}",
-                        self.consumer_name
-                    )
-                })?,
+            ConsumerSpec::Managed(managed) if managed.filter_subjects.len() > 1 => {
+                // A server before 2.10 ignores the field and would hand
+                // over the whole stream.
+                let version = self.connection.client().server_info().version;
+                if !supports_filter_subjects(&version) {
+                    return Err(format!(
+                        "more than one of filter_subjects needs nats-server 2.10 or later; \
+                         this server is {version}"
+                    ));
+                }
+                create_consumer(&stream, &self.consumer_name, managed).await?
+            }
+            ConsumerSpec::Managed(managed) => {
+                create_consumer(&stream, &self.consumer_name, managed).await?
+            }
             ConsumerSpec::Existing { name } => {
                 let info = stream.consumer_info(name).await.map_err(|err| {
                     format!(
@@ -418,6 +424,28 @@ fn explain_stream_error(
              (is JetStream enabled on the NATS server?): {err}"
         ),
         _ => format!("cannot look up stream {name:?}: {err}"),
+    }
+}
+
+/// Creates the consumer a link's keys describe, or updates it to them.
+async fn create_consumer(
+    stream: &stream::Stream,
+    name: &str,
+    managed: &ManagedConsumer,
+) -> Result<PullConsumer, String> {
+    stream
+        .create_consumer(consumer_config(name, managed))
+        .await
+        .map_err(|err| format!("cannot create or update consumer {name:?}: {err}"))
+}
+
+/// True for a server version (`2.10.4`) from 2.10 on; an unreadable one
+/// is taken as new enough, and the server itself then decides.
+fn supports_filter_subjects(version: &str) -> bool {
+    let mut parts = version.split('.').map(|p| p.parse::<u64>());
+    match (parts.next(), parts.next()) {
+        (Some(Ok(major)), Some(Ok(minor))) => (major, minor) >= (2, 10),
+        _ => true,
     }
 }
 
@@ -657,6 +685,14 @@ fn header_text(text: &str) -> String {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn filter_subjects_need_server_2_10() {
+        assert!(!supports_filter_subjects("2.9.10"));
+        assert!(supports_filter_subjects("2.10.0"));
+        assert!(supports_filter_subjects("3.0.1"));
+        assert!(supports_filter_subjects("2.11.0-beta"));
+    }
 
     #[test]
     fn header_text_has_no_line_breaks_and_is_bounded() {

@@ -674,3 +674,34 @@ async fn shutdown_naks_messages_still_running_after_the_drain_time() {
     );
     assert_eq!(component.handled(), 0, "no call finished");
 }
+
+#[tokio::test]
+async fn health_names_filter_subjects_the_server_cannot_apply() {
+    let lattice = jetstream_lattice().await;
+    let js = js(&lattice);
+    create_stream(&js, "MANY", &["many.>"]).await;
+    let version = lattice.client.server_info().version;
+    let provider = lattice.provider(&[]).await;
+    let _component = lattice.component("worker", Behaviour::default()).await;
+    provider
+        .put_link(&Link::handler(
+            "worker",
+            &[("stream", "MANY"), ("filter_subjects", "many.a,many.b")],
+        ))
+        .await;
+    if version.starts_with("2.9.") || version.starts_with("2.8.") {
+        provider
+            .wait_for_health(
+                "the filter_subjects problem",
+                Duration::from_secs(10),
+                |healthy, message| {
+                    !healthy && message.contains("filter_subjects") && message.contains(&version)
+                },
+            )
+            .await;
+    } else {
+        provider
+            .wait_for_health("health", Duration::from_secs(10), |healthy, _| healthy)
+            .await;
+    }
+}
