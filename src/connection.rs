@@ -12,7 +12,7 @@
 use std::collections::{HashMap, HashSet};
 use std::path::Path;
 use std::str::FromStr;
-use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
+use std::sync::atomic::{AtomicBool, AtomicU64, AtomicUsize, Ordering};
 use std::sync::{Arc, Mutex, MutexGuard, PoisonError, Weak};
 use std::time::Duration;
 
@@ -91,6 +91,10 @@ struct Signals {
     /// Messages the client dropped because a subscription's buffer was full
     /// (its reader was starved of CPU).
     client_dropped: AtomicU64,
+    /// The server's `max_payload` as last read, 0 until read again: a
+    /// publish checks it, and reading it from the client copies the whole
+    /// server info. Cleared on every (re)connection and new client.
+    max_payload: AtomicUsize,
 }
 
 /// The std locks here are never held across an await or a call that can
@@ -128,9 +132,21 @@ impl NatsConnection {
     /// The server's `max_payload`, or NATS's default before the first
     /// connection tells it.
     pub fn max_payload(&self) -> usize {
-        match self.client().server_info().max_payload {
+        match self.server_max_payload() {
             0 => 1024 * 1024,
             n => n,
+        }
+    }
+
+    /// The server's `max_payload`, 0 while no server has told it.
+    pub fn server_max_payload(&self) -> usize {
+        match self.signals.max_payload.load(Ordering::Relaxed) {
+            0 => {
+                let read = self.client().server_info().max_payload;
+                self.signals.max_payload.store(read, Ordering::Relaxed);
+                read
+            }
+            cached => cached,
         }
     }
 
@@ -304,6 +320,7 @@ async fn supervise(
                 match connect(&settings, &signals).await {
                     Ok(client) => {
                         current.send_replace(client);
+                        signals.max_payload.store(0, Ordering::Relaxed);
                     }
                     // Settings were valid when the first client was made;
                     // only the platform (e.g. its CA store) can fail here.
@@ -417,6 +434,7 @@ fn on_event(servers: &str, signals: &Signals, event: Event) -> bool {
     match event {
         Event::Connected => {
             signals.outage_reported.store(false, Ordering::Relaxed);
+            signals.max_payload.store(0, Ordering::Relaxed);
             // The server checks permissions again on resubscription.
             lock(&signals.refused).clear();
             info!(servers, "NATS connection up");

@@ -272,7 +272,7 @@ impl ConsumerLink {
     /// Refuses a message the server would refuse: NATS counts headers and
     /// body against `max_payload`. Unknown until first connected (0).
     fn check_size(&self, body: &Bytes, headers: Option<&HeaderMap>) -> Result<(), ConsumerError> {
-        let max_payload = self.connection.client().server_info().max_payload;
+        let max_payload = self.connection.server_max_payload();
         let size = body.len() + headers.map_or(0, encoded_header_len);
         if max_payload > 0 && size > max_payload {
             return Err(ConsumerError::TooLarge { size, max_payload });
