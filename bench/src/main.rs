@@ -523,20 +523,10 @@ async fn deliveries(
                 publisher.publish(subject.clone(), body.clone()).await?;
             }
             publisher.flush().await?;
-            let mut last_progress = (before, Instant::now());
-            while component.handled() < before + per_round {
-                tokio::time::sleep(Duration::from_millis(2)).await;
-                let handled = component.handled();
-                if handled != last_progress.0 {
-                    last_progress = (handled, Instant::now());
-                } else if last_progress.1.elapsed() > 3 * CALL_TIMEOUT {
-                    // What is left was lost on the way (and counted).
-                    break;
-                }
-            }
-            let handled = component.handled() - before;
+            let (handled, last) = wait_handled(&component, before + per_round).await;
+            let handled = handled - before;
             lost += per_round - handled;
-            let elapsed = last_progress.1.duration_since(started).as_secs_f64();
+            let elapsed = last.duration_since(started).as_secs_f64();
             rates.push(handled as f64 / elapsed.max(1e-9));
         }
         let (rate, bare_rate) = (median(rates), median(bare_rates));
@@ -606,18 +596,8 @@ async fn durable(
         );
         let started = Instant::now();
         provider.put_link(&link).await;
-        let mut last_progress = (0, Instant::now());
-        while component.handled() < n {
-            tokio::time::sleep(Duration::from_millis(2)).await;
-            let handled = component.handled();
-            if handled != last_progress.0 {
-                last_progress = (handled, Instant::now());
-            } else if last_progress.1.elapsed() > 3 * CALL_TIMEOUT {
-                break;
-            }
-        }
-        let handled = component.handled();
-        let elapsed = last_progress.1.duration_since(started).as_secs_f64();
+        let (handled, last) = wait_handled(&component, n).await;
+        let elapsed = last.duration_since(started).as_secs_f64();
         let rate = handled as f64 / elapsed.max(1e-9);
         let name = format!("durable delivery max_in_flight {max_in_flight}");
         report.add(&name, rate, "msg/s");
@@ -631,6 +611,23 @@ async fn durable(
         provider.delete_link(&link).await;
     }
     Ok(())
+}
+
+/// Waits until `component` has handled `count` calls in all, or made no
+/// progress for three call timeouts (what is left was lost on the way, and
+/// is counted by the caller); returns the count and when the last arrived.
+async fn wait_handled(component: &Component, count: usize) -> (usize, Instant) {
+    let mut last_progress = (component.handled(), Instant::now());
+    while last_progress.0 < count {
+        tokio::time::sleep(Duration::from_millis(2)).await;
+        let handled = component.handled();
+        if handled != last_progress.0 {
+            last_progress = (handled, Instant::now());
+        } else if last_progress.1.elapsed() > 3 * CALL_TIMEOUT {
+            break;
+        }
+    }
+    last_progress
 }
 
 /// Resident memory: idle, after 60,000 deliveries, the peak of a burst into
