@@ -91,6 +91,9 @@ struct Signals {
     /// Messages the client dropped because a subscription's buffer was full
     /// (its reader was starved of CPU).
     client_dropped: AtomicU64,
+    /// Counts the client's (re)connections: what a connection lost (pull
+    /// requests waiting on the server, above all) must be asked for again.
+    connected: watch::Sender<u64>,
     /// The server's `max_payload` as last read, 0 until read again: a
     /// publish checks it, and reading it from the client copies the whole
     /// server info. Cleared on every (re)connection and new client.
@@ -108,6 +111,11 @@ impl NatsConnection {
     /// gave up reconnecting is replaced.
     pub fn client(&self) -> async_nats::Client {
         self.current.borrow().clone()
+    }
+
+    /// A receiver that changes at every (re)connection of the client.
+    pub fn watch_connected(&self) -> watch::Receiver<u64> {
+        self.signals.connected.subscribe()
     }
 
     /// A receiver that sees each new client (for resubscribing).
@@ -434,6 +442,7 @@ fn on_event(servers: &str, signals: &Signals, event: Event) -> bool {
     match event {
         Event::Connected => {
             signals.outage_reported.store(false, Ordering::Relaxed);
+            signals.connected.send_modify(|count| *count += 1);
             signals.max_payload.store(0, Ordering::Relaxed);
             // The server checks permissions again on resubscription.
             lock(&signals.refused).clear();

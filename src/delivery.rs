@@ -393,7 +393,7 @@ async fn run(link: LinkTask, mut messages: stream::SelectAll<async_nats::Subscri
                 }
                 None => {}
             },
-            changed = clients.changed(), if drain_deadline.is_none() => {
+            changed = clients.changed(), if drain_deadline.is_none() && !settings.subscriptions.is_empty() => {
                 if changed.is_err() {
                     continue;
                 }

@@ -175,6 +175,7 @@ impl SourceTask {
         let mut retry_at: Option<Instant> = None;
         let mut drain_deadline: Option<Instant> = None;
         let abandon = CancellationToken::new();
+        let mut connected = self.connection.watch_connected();
         loop {
             let stopping = drain_deadline.is_some();
             if stopping && in_flight.is_empty() {
@@ -211,7 +212,11 @@ impl SourceTask {
             let worth_fetching = free >= self.max_in_flight.div_ceil(2) || in_flight.is_empty();
             if let (false, None, Some(found), true) = (stopping, &batch, &bound, worth_fetching) {
                 match tokio::time::timeout(API_TIMEOUT, self.fetch(&found.consumer, free)).await {
-                    Ok(Ok(started)) => batch = Some(started),
+                    Ok(Ok(started)) => {
+                        // Only a reconnection after this request counts.
+                        connected.borrow_and_update();
+                        batch = Some(started);
+                    }
                     Ok(Err(problem)) => {
                         bound = None;
                         self.problem(problem, &mut retry_at);
@@ -247,6 +252,13 @@ impl SourceTask {
                 }
                 () = sleep_until(retry_at), if retry_at.is_some() && !stopping => {
                     retry_at = None;
+                }
+                // A pull request waiting on a server that restarted (or that
+                // the client left) is gone: without this the fetch would
+                // only end at its own timeout, `FETCH_EXPIRY` + 5 s later.
+                Ok(()) = connected.changed(), if batch.is_some() && !stopping => {
+                    debug!("reconnected; asking for messages again");
+                    batch = None;
                 }
                 Some(()) = in_flight.next(), if !in_flight.is_empty() => {}
                 next = next_message(&mut batch), if batch.is_some() => match next {
