@@ -264,15 +264,17 @@ async fn handler_slower_than_ack_wait_is_not_redelivered_while_it_runs() {
     create_stream(&js, "SLOW", &["slow.>"]).await;
     let provider = lattice.provider(&[]).await;
     let mut component = lattice
-        .component("worker", Behaviour::slow(Duration::from_secs(3)))
+        .component("worker", Behaviour::slow(Duration::from_secs(5)))
         .await;
+    // In-progress acks go every second: a second of slack for a loaded
+    // machine, and the call outlasts the ack wait two and a half times.
     provider
         .put_link(&Link::handler(
             "worker",
             &[
                 ("stream", "SLOW"),
                 ("durable_name", "slow"),
-                ("ack_wait_ms", "1000"),
+                ("ack_wait_ms", "2000"),
                 ("handler_timeout_ms", "10000"),
             ],
         ))
