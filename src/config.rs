@@ -280,9 +280,10 @@ impl ProviderDefaults {
         self.settings_for(LinkRole::Handler, link_config, link_secrets)
     }
 
-    /// Parses a link's settings for its role. `subscriptions` (and the
-    /// durable keys) mean nothing on a consumer link and are not read there, as the v1 provider did not
-    /// (wasmCloud's own examples set it on both links).
+    /// Parses a link's settings for its role. `subscriptions` and the
+    /// durable keys mean nothing on a consumer link and are not read there,
+    /// as the v1 provider did not (wasmCloud's own examples set
+    /// `subscriptions` on both links).
     pub fn settings_for(
         &self,
         role: LinkRole,
@@ -682,15 +683,20 @@ fn parse_servers(value: Option<&str>) -> Result<Vec<String>, ConfigError> {
     Ok(servers)
 }
 
+/// The value of `key` without surrounding white space, or `None` when it
+/// is absent or blank: a blank value means "not set".
+fn non_blank<'a>(get: impl Fn(&str) -> Option<&'a str>, key: &str) -> Option<&'a str> {
+    get(key).map(str::trim).filter(|v| !v.is_empty())
+}
+
 fn parse_auth<'a>(get: &impl Fn(&str) -> Option<&'a str>) -> Result<Auth, ConfigError> {
-    let present = |key: &str| get(key).map(str::trim).filter(|v| !v.is_empty());
-    let jwt = present(CLIENT_JWT);
-    let client_seed = present(CLIENT_SEED);
-    let nkey_seed = present(NKEY_SEED);
-    let user = present(USERNAME);
-    let password = present(PASSWORD);
-    let token = present(TOKEN);
-    let creds = present(CREDENTIALS_FILE);
+    let jwt = non_blank(get, CLIENT_JWT);
+    let client_seed = non_blank(get, CLIENT_SEED);
+    let nkey_seed = non_blank(get, NKEY_SEED);
+    let user = non_blank(get, USERNAME);
+    let password = non_blank(get, PASSWORD);
+    let token = non_blank(get, TOKEN);
+    let creds = non_blank(get, CREDENTIALS_FILE);
 
     let methods: Vec<(&str, &str)> = [
         (
@@ -1075,12 +1081,18 @@ pub fn redact_url(url: &str) -> String {
 mod tests {
     use super::*;
 
-    fn settings(pairs: &[(&str, &str)]) -> Result<LinkSettings, ConfigError> {
-        let config = pairs
+    /// An owned config map from a test's literal pairs.
+    pub(super) fn map(pairs: &[(&str, &str)]) -> HashMap<String, String> {
+        pairs
             .iter()
             .map(|(k, v)| (k.to_string(), v.to_string()))
-            .collect();
-        ProviderDefaults::default().link_settings(&config, &HashMap::new())
+            .collect()
+    }
+
+    /// A handler link's settings from its config alone, parsed as the
+    /// provider parses a link.
+    pub(super) fn settings(pairs: &[(&str, &str)]) -> Result<LinkSettings, ConfigError> {
+        ProviderDefaults::default().link_settings(&map(pairs), &HashMap::new())
     }
 
     #[test]

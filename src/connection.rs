@@ -102,7 +102,7 @@ struct Signals {
 
 /// The std locks here are never held across an await or a call that can
 /// panic; a poisoned one still holds consistent data, so it is used as is.
-fn lock<T>(mutex: &Mutex<T>) -> MutexGuard<'_, T> {
+pub(crate) fn lock<T>(mutex: &Mutex<T>) -> MutexGuard<'_, T> {
     mutex.lock().unwrap_or_else(PoisonError::into_inner)
 }
 

@@ -10,7 +10,7 @@
 
 use std::collections::{BTreeMap, VecDeque};
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
-use std::sync::{Arc, Mutex, MutexGuard, PoisonError};
+use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
 use futures::stream::FuturesUnordered;
@@ -25,7 +25,7 @@ use wasmcloud_provider_sdk::provider::WrpcClient;
 
 use crate::bindings::wasmcloud::messaging::handler;
 use crate::config::{HandlerSettings, Subscription};
-use crate::connection::{Lease, SubscriberRecord};
+use crate::connection::{lock, Lease, SubscriberRecord};
 use crate::consumer::BrokerMessage;
 use crate::metrics::{Dropped, Failure, LinkMetrics};
 use crate::{durable, trace_context};
@@ -94,12 +94,6 @@ impl LinkStatus {
     }
 }
 
-/// The lock is never held across an await or a call that can panic; a
-/// poisoned one still holds consistent data.
-fn lock<T>(mutex: &Mutex<T>) -> MutexGuard<'_, T> {
-    mutex.lock().unwrap_or_else(PoisonError::into_inner)
-}
-
 /// The component a handler link delivers to.
 #[derive(Clone)]
 pub struct Target {
@@ -123,8 +117,9 @@ pub struct Deliveries {
 
 impl Deliveries {
     /// Subscribes to every entry of `settings.subscriptions` and confirms the
-    /// subscriptions with a server round trip, all within `connect_timeout`,
-    /// so that a message published after this returns is delivered. An
+    /// subscriptions with a server round trip, and binds the link's durable
+    /// consumers (see [`durable`]), all within `connect_timeout`, so that a
+    /// message published after this returns is delivered. An
     /// unreachable server is not an error: the link starts and subscribes
     /// once connected; health says so meanwhile.
     pub async fn start(
@@ -133,52 +128,38 @@ impl Deliveries {
         connect_timeout: Duration,
         target: Target,
     ) -> anyhow::Result<Self> {
-        let link = format!("{}/{}", target.component_id, target.link_name);
-        let records: Vec<SubscriberRecord> = settings
-            .subscriptions
-            .iter()
-            .map(|s| connection.register_subscriber(&link, &s.subject))
-            .collect();
         let deadline = Instant::now() + connect_timeout;
-        // Marks the client subscribed on as seen, so that only a later one
-        // makes the link subscribe again.
-        let mut clients = connection.watch_client();
-        let client = clients.borrow_and_update().clone();
-        let subscribers = subscribe(&client, &settings.subscriptions, deadline)
-            .await
-            .map_err(|err| anyhow::anyhow!("{err}"))?;
-        match tokio::time::timeout_at(deadline, connection.round_trip()).await {
-            Ok(Ok(())) => {}
-            Ok(Err(err)) => warn!(%err, "could not confirm subscriptions with the server"),
-            Err(_) => warn!(
-                servers = connection.servers,
-                state = connection.state(),
-                "NATS server not reachable yet; subscriptions start once connected"
-            ),
-        }
-
+        // A link that only consumes streams has no subscription task.
+        let core = if settings.subscriptions.is_empty() {
+            None
+        } else {
+            Some(subscribe_link(&connection, &settings.subscriptions, deadline, &target).await?)
+        };
         let status = Arc::new(LinkStatus {
             subscribed: AtomicBool::new(true),
             ..LinkStatus::default()
         });
         let stop = CancellationToken::new();
-        let span = tracing::info_span!(
-            "handler_link",
-            component = %target.component_id,
-            link_name = %target.link_name
-        );
         let subscriptions = settings.subscriptions.clone();
-        let mut tasks = durable::start(&connection, &settings, &target, &status, &stop);
-        let link = LinkTask {
-            connection: connection.clone(),
-            clients,
-            settings,
-            target,
-            status: Arc::clone(&status),
-            stop: stop.clone(),
-            subscriber_records: records,
-        };
-        tasks.push(tokio::spawn(run(link, subscribers).instrument(span)));
+        let mut tasks =
+            durable::start(&connection, &settings, &target, &status, &stop, deadline).await;
+        if let Some((subscriber_records, clients, subscribers)) = core {
+            let span = tracing::info_span!(
+                "handler_link",
+                component = %target.component_id,
+                link_name = %target.link_name
+            );
+            let link = LinkTask {
+                connection: connection.clone(),
+                clients,
+                settings,
+                target,
+                status: Arc::clone(&status),
+                stop: stop.clone(),
+                subscriber_records,
+            };
+            tasks.push(tokio::spawn(run(link, subscribers).instrument(span)));
+        }
         Ok(Self {
             stop,
             tasks,
@@ -206,6 +187,47 @@ impl Drop for Deliveries {
             task.abort();
         }
     }
+}
+
+/// What [`run`] starts from: the link named as each subject's
+/// subscriber, the watch of the connection's clients (the current one
+/// marked seen), and the subscriptions, confirmed by a round trip.
+type Subscribed = (
+    Vec<SubscriberRecord>,
+    watch::Receiver<async_nats::Client>,
+    stream::SelectAll<async_nats::Subscriber>,
+);
+
+/// Subscribes a link to `subscriptions` and confirms them with a server
+/// round trip, by `deadline` (see [`Deliveries::start`]).
+async fn subscribe_link(
+    connection: &Lease,
+    subscriptions: &[Subscription],
+    deadline: Instant,
+    target: &Target,
+) -> anyhow::Result<Subscribed> {
+    let link = format!("{}/{}", target.component_id, target.link_name);
+    let records = subscriptions
+        .iter()
+        .map(|s| connection.register_subscriber(&link, &s.subject))
+        .collect();
+    // Marks the client subscribed on as seen, so that only a later one
+    // makes the link subscribe again.
+    let mut clients = connection.watch_client();
+    let client = clients.borrow_and_update().clone();
+    let subscribers = subscribe(&client, subscriptions, deadline)
+        .await
+        .map_err(|err| anyhow::anyhow!("{err}"))?;
+    match tokio::time::timeout_at(deadline, connection.round_trip()).await {
+        Ok(Ok(())) => {}
+        Ok(Err(err)) => warn!(%err, "could not confirm subscriptions with the server"),
+        Err(_) => warn!(
+            servers = connection.servers,
+            state = connection.state(),
+            "NATS server not reachable yet; subscriptions start once connected"
+        ),
+    }
+    Ok((records, clients, subscribers))
 }
 
 /// Subscribes to each of `subscriptions`, giving up at `deadline`: while
@@ -393,7 +415,7 @@ async fn run(link: LinkTask, mut messages: stream::SelectAll<async_nats::Subscri
                 }
                 None => {}
             },
-            changed = clients.changed(), if drain_deadline.is_none() && !settings.subscriptions.is_empty() => {
+            changed = clients.changed(), if drain_deadline.is_none() => {
                 if changed.is_err() {
                     continue;
                 }
@@ -429,8 +451,9 @@ async fn unsubscribe(messages: &mut stream::SelectAll<async_nats::Subscriber>, d
     }
 }
 
-/// Sleeps until the drain deadline, or forever while not draining.
-async fn sleep_until_deadline(deadline: Option<Instant>) {
+/// Sleeps until `deadline`, or forever when there is none (not draining,
+/// no retry due).
+pub(crate) async fn sleep_until_deadline(deadline: Option<Instant>) {
     match deadline {
         Some(deadline) => tokio::time::sleep_until(deadline).await,
         None => std::future::pending().await,

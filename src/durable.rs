@@ -45,7 +45,7 @@ use crate::config::{
 };
 use crate::connection::Lease;
 use crate::consumer::BrokerMessage;
-use crate::delivery::{invoke, LinkStatus, Target};
+use crate::delivery::{invoke, sleep_until_deadline, LinkStatus, Target};
 use crate::trace_context;
 
 /// How long a fetch waits on the server for messages before it asks again;
@@ -71,59 +71,71 @@ const DEAD_LETTER_RETRY_MAX: Duration = Duration::from_secs(30);
 const MAX_ERROR_HEADER_LEN: usize = 1024;
 
 /// Headers a dead letter carries besides the original message's own.
-pub const HEADER_SUBJECT: &str = "Wasmcloud-Original-Subject";
-pub const HEADER_STREAM: &str = "Wasmcloud-Original-Stream";
-pub const HEADER_SEQUENCE: &str = "Wasmcloud-Original-Sequence";
-pub const HEADER_DELIVERIES: &str = "Wasmcloud-Delivery-Count";
-pub const HEADER_ERROR: &str = "Wasmcloud-Last-Error";
+const HEADER_SUBJECT: &str = "Wasmcloud-Original-Subject";
+const HEADER_STREAM: &str = "Wasmcloud-Original-Stream";
+const HEADER_SEQUENCE: &str = "Wasmcloud-Original-Sequence";
+const HEADER_DELIVERIES: &str = "Wasmcloud-Delivery-Count";
+const HEADER_ERROR: &str = "Wasmcloud-Last-Error";
 
 /// Starts one task per durable source of the link; they end when `stop` is
-/// cancelled and their in-flight messages are settled.
-pub fn start(
+/// cancelled and their in-flight messages are settled. Each consumer is
+/// bound (its stream and itself created where the link says so) before
+/// this returns, within `deadline`, so that a message published after the
+/// link is put is consumed; one that cannot be bound yet is retried by its
+/// task, and health says why meanwhile.
+pub async fn start(
     connection: &Lease,
     settings: &HandlerSettings,
     target: &Target,
     status: &Arc<LinkStatus>,
     stop: &CancellationToken,
+    deadline: Instant,
 ) -> Vec<JoinHandle<()>> {
     let policy = Arc::new(settings.durable.clone());
-    settings
-        .durable
-        .sources
-        .iter()
-        .map(|source| {
-            let consumer_name = match &source.consumer {
-                ConsumerSpec::Managed(ManagedConsumer {
-                    name: Some(name), ..
-                })
-                | ConsumerSpec::Existing { name } => name.clone(),
-                ConsumerSpec::Managed(ManagedConsumer { name: None, .. }) => {
-                    default_durable_name(&target.component_id, &target.link_name)
-                }
-            };
-            let label = format!("{}/{consumer_name}", source.stream);
-            let span = tracing::info_span!(
-                "durable",
-                component = %target.component_id,
-                link_name = %target.link_name,
-                consumer = label
-            );
-            let task = SourceTask {
-                connection: connection.clone(),
-                source: source.clone(),
-                consumer_name,
-                label,
-                policy: Arc::clone(&policy),
-                max_in_flight: settings.max_in_flight,
-                handler_timeout: settings.handler_timeout,
-                drain_timeout: settings.drain_timeout,
-                target: target.clone(),
-                status: Arc::clone(status),
-                stop: stop.clone(),
-            };
-            tokio::spawn(task.run().instrument(span))
-        })
-        .collect()
+    let mut tasks = Vec::with_capacity(settings.durable.sources.len());
+    if !settings.durable.sources.is_empty() && !connection.is_connected() {
+        // A new connection may still be on its way; a round trip waits for
+        // it (by the deadline: a server that is down is not waited for).
+        let _ = tokio::time::timeout_at(deadline, connection.round_trip()).await;
+    }
+    for source in &settings.durable.sources {
+        let consumer_name = match &source.consumer {
+            ConsumerSpec::Managed(ManagedConsumer {
+                name: Some(name), ..
+            })
+            | ConsumerSpec::Existing { name } => name.clone(),
+            ConsumerSpec::Managed(ManagedConsumer { name: None, .. }) => {
+                default_durable_name(&target.component_id, &target.link_name)
+            }
+        };
+        let label = format!("{}/{consumer_name}", source.stream);
+        let span = tracing::info_span!(
+            "durable",
+            component = %target.component_id,
+            link_name = %target.link_name,
+            consumer = label
+        );
+        let task = SourceTask {
+            connection: connection.clone(),
+            source: source.clone(),
+            consumer_name,
+            label,
+            policy: Arc::clone(&policy),
+            max_in_flight: settings.max_in_flight,
+            handler_timeout: settings.handler_timeout,
+            drain_timeout: settings.drain_timeout,
+            target: target.clone(),
+            status: Arc::clone(status),
+            stop: stop.clone(),
+            abandon: CancellationToken::new(),
+        };
+        let first = match tokio::time::timeout_at(deadline, task.bind()).await {
+            Ok(bound) => bound,
+            Err(_) => Err("JetStream did not answer within the link's connect timeout".to_string()),
+        };
+        tasks.push(tokio::spawn(task.run(first).instrument(span)));
+    }
+    tasks
 }
 
 /// What one consumer's task owns.
@@ -140,15 +152,14 @@ struct SourceTask {
     target: Target,
     status: Arc<LinkStatus>,
     stop: CancellationToken,
+    /// Cancelled when the drain time is up (see [`Settle::abandon`]).
+    abandon: CancellationToken,
 }
 
-/// A consumer found on the server, with the settings that decide its
-/// messages' fate.
+/// A consumer found on the server, and what its deliveries need.
 struct Bound {
     consumer: PullConsumer,
-    ack_wait: Duration,
-    /// Attempts per message; `None` for unlimited.
-    max_deliver: Option<u64>,
+    settle: Arc<Settle>,
 }
 
 /// What a delivery needs besides its message; shared by all of a
@@ -158,7 +169,9 @@ struct Settle {
     status: Arc<LinkStatus>,
     policy: Arc<DurableSettings>,
     handler_timeout: Duration,
+    /// The consumer's own settings, which decide its messages' fate.
     ack_wait: Duration,
+    /// Attempts per message; `None` for unlimited.
     max_deliver: Option<u64>,
     /// Cancelled when the drain time is up: running calls are abandoned
     /// and their messages nak'd.
@@ -167,15 +180,22 @@ struct Settle {
 }
 
 impl SourceTask {
-    async fn run(self) {
+    /// Runs the consumer from `first`, the outcome of the bind at link start.
+    async fn run(self, first: Result<Bound, String>) {
         let mut bound: Option<Bound> = None;
         let mut batch: Option<Batch> = None;
-        let mut settle: Option<Arc<Settle>> = None;
         let mut in_flight = FuturesUnordered::new();
         let mut retry_at: Option<Instant> = None;
         let mut drain_deadline: Option<Instant> = None;
-        let abandon = CancellationToken::new();
+        let abandon = &self.abandon;
         let mut connected = self.connection.watch_connected();
+        match first {
+            Ok(found) => {
+                self.clear_problem();
+                bound = Some(found);
+            }
+            Err(problem) => self.problem(problem, &mut retry_at),
+        }
         loop {
             let stopping = drain_deadline.is_some();
             if stopping && in_flight.is_empty() {
@@ -186,16 +206,6 @@ impl SourceTask {
                 match tokio::time::timeout(API_TIMEOUT, self.bind()).await {
                     Ok(Ok(found)) => {
                         self.clear_problem();
-                        settle = Some(Arc::new(Settle {
-                            target: self.target.clone(),
-                            status: Arc::clone(&self.status),
-                            policy: Arc::clone(&self.policy),
-                            handler_timeout: self.handler_timeout,
-                            ack_wait: found.ack_wait,
-                            max_deliver: found.max_deliver,
-                            abandon: abandon.clone(),
-                            jetstream: jetstream::new(self.connection.client()),
-                        }));
                         bound = Some(found);
                     }
                     Ok(Err(problem)) => self.problem(problem, &mut retry_at),
@@ -239,7 +249,7 @@ impl SourceTask {
                         }
                     }
                 }
-                () = sleep_until(drain_deadline), if !abandon.is_cancelled() => {
+                () = sleep_until_deadline(drain_deadline), if !abandon.is_cancelled() => {
                     let abandoned = in_flight.len() as u64;
                     self.status.aborted.fetch_add(abandoned, Ordering::Relaxed);
                     warn!(
@@ -250,7 +260,7 @@ impl SourceTask {
                     );
                     abandon.cancel();
                 }
-                () = sleep_until(retry_at), if retry_at.is_some() && !stopping => {
+                () = sleep_until_deadline(retry_at), if retry_at.is_some() && !stopping => {
                     retry_at = None;
                 }
                 // A pull request waiting on a server that restarted (or that
@@ -263,8 +273,9 @@ impl SourceTask {
                 Some(()) = in_flight.next(), if !in_flight.is_empty() => {}
                 next = next_message(&mut batch), if batch.is_some() => match next {
                     Some(Ok(msg)) => {
-                        if let Some(settle) = &settle {
-                            in_flight.push(deliver(msg, Arc::clone(settle)));
+                        // A batch is open only while its consumer is bound.
+                        if let Some(found) = &bound {
+                            in_flight.push(deliver(msg, Arc::clone(&found.settle)));
                         }
                     }
                     Some(Err(err)) => {
@@ -387,10 +398,19 @@ impl SourceTask {
         if self.policy.dead_letter_subject.is_some() && max_deliver.is_none() {
             warn!("the consumer redelivers without limit (max_deliver unset): nothing will be dead-lettered");
         }
-        Ok(Bound {
+        let settle = Settle {
+            target: self.target.clone(),
+            status: Arc::clone(&self.status),
+            policy: Arc::clone(&self.policy),
+            handler_timeout: self.handler_timeout,
             ack_wait: config.ack_wait,
             max_deliver,
+            abandon: self.abandon.clone(),
+            jetstream: context,
+        };
+        Ok(Bound {
             consumer,
+            settle: Arc::new(settle),
         })
     }
 
@@ -485,13 +505,6 @@ async fn next_message(
 ) -> Option<Result<jetstream::Message, async_nats::Error>> {
     match batch {
         Some(batch) => batch.next().await,
-        None => std::future::pending().await,
-    }
-}
-
-async fn sleep_until(deadline: Option<Instant>) {
-    match deadline {
-        Some(deadline) => tokio::time::sleep_until(deadline).await,
         None => std::future::pending().await,
     }
 }

@@ -4,7 +4,9 @@
 //! Modules, in the direction the arrows point: [`config`] parses maps into
 //! settings; [`connection`] opens and shares NATS clients; [`consumer`]
 //! (publish/request), [`delivery`] (subscriptions to `handle-message`) and
-//! [`durable`] (JetStream consumers to `handle-message`) move messages; [`provider`] ties them to the host's link and lifecycle calls.
+//! [`durable`] (JetStream consumers to `handle-message`) move messages;
+//! [`metrics`] counts what they do; [`provider`] ties them to the host's link
+//! and lifecycle calls.
 
 pub mod config;
 pub mod connection;

@@ -130,40 +130,33 @@ impl LinkMetrics {
                 .chain(extra.iter().map(|(k, v)| KeyValue::new(*k, *v)))
                 .collect()
         };
-        let process = [
-            ("messaging.operation.type", "process"),
-            ("messaging.operation.name", "handle-message"),
-        ];
-        let failure = |f: Failure| with(&[process[0], process[1], ("error.type", f.name())]);
-        let send = |name: &'static str| {
-            [
-                ("messaging.operation.type", "send"),
+        let operation = |kind: &'static str, name: &'static str, error: Option<&'static str>| {
+            let mut extra = vec![
+                ("messaging.operation.type", kind),
                 ("messaging.operation.name", name),
-            ]
+            ];
+            extra.extend(error.map(|error| ("error.type", error)));
+            with(&extra)
+        };
+        let process = |failure: Option<Failure>| {
+            operation("process", "handle-message", failure.map(Failure::name))
         };
         Self {
-            process: with(&process),
+            process: process(None),
             failures: [
-                failure(Failure::HandlerError),
-                failure(Failure::InvokeFailed),
-                failure(Failure::Timeout),
-            ],
+                Failure::HandlerError,
+                Failure::InvokeFailed,
+                Failure::Timeout,
+            ]
+            .map(|failure| process(Some(failure))),
             dropped: [
                 with(&[("reason", "queue_full")]),
                 with(&[("reason", "drain_timeout")]),
             ],
-            publish: with(&send("publish")),
-            request: with(&send("request")),
-            publish_failed: with(&[
-                send("publish")[0],
-                send("publish")[1],
-                ("error.type", "publish_failed"),
-            ]),
-            request_failed: with(&[
-                send("request")[0],
-                send("request")[1],
-                ("error.type", "request_failed"),
-            ]),
+            publish: operation("send", "publish", None),
+            request: operation("send", "request", None),
+            publish_failed: operation("send", "publish", Some("publish_failed")),
+            request_failed: operation("send", "request", Some("request_failed")),
         }
     }
 

@@ -8,7 +8,7 @@ use async_nats::jetstream::consumer::DeliverPolicy;
 use async_nats::jetstream::stream::StorageType;
 use serde::Deserialize;
 
-use super::{parse_duration, parse_patterns, ConfigError};
+use super::{non_blank, parse_duration, parse_patterns, ConfigError};
 use crate::subject::{self, SubjectPattern};
 
 /// JetStream stream a handler link consumes durably; every other durable
@@ -189,9 +189,8 @@ struct V1Consumer {
 pub(super) fn parse<'a>(
     get: impl Fn(&str) -> Option<&'a str> + Copy,
 ) -> Result<DurableSettings, ConfigError> {
-    let present = |key: &str| get(key).map(str::trim).filter(|v| !v.is_empty());
     let mut sources = Vec::new();
-    match present(STREAM) {
+    match non_blank(get, STREAM) {
         Some(stream) => {
             check_name(STREAM, stream)?;
             sources.push(DurableSource {
@@ -202,7 +201,10 @@ pub(super) fn parse<'a>(
             });
         }
         None => {
-            if let Some(key) = NEEDS_STREAM.iter().find(|key| present(key).is_some()) {
+            if let Some(key) = NEEDS_STREAM
+                .iter()
+                .find(|key| non_blank(get, key).is_some())
+            {
                 return Err(ConfigError::about(
                     key,
                     format!("needs '{STREAM}', the JetStream stream to consume"),
@@ -210,11 +212,11 @@ pub(super) fn parse<'a>(
             }
         }
     }
-    if let Some(value) = present(CONSUMERS) {
+    if let Some(value) = non_blank(get, CONSUMERS) {
         sources.extend(parse_consumers(value)?);
     }
 
-    let backoff = match present(BACKOFF_MS) {
+    let backoff = match non_blank(get, BACKOFF_MS) {
         Some(value) => value
             .split(',')
             .map(str::trim)
@@ -230,7 +232,7 @@ pub(super) fn parse<'a>(
             .collect::<Result<Vec<_>, _>>()?,
         None => Vec::new(),
     };
-    let dead_letter_subject = present(DEAD_LETTER_SUBJECT)
+    let dead_letter_subject = non_blank(get, DEAD_LETTER_SUBJECT)
         .map(|value| {
             subject::check_publish_subject(value)
                 .map(|()| value.to_string())
@@ -239,7 +241,7 @@ pub(super) fn parse<'a>(
         .transpose()?;
     if sources.is_empty() {
         for key in [BACKOFF_MS, DEAD_LETTER_SUBJECT] {
-            if present(key).is_some() {
+            if non_blank(get, key).is_some() {
                 return Err(ConfigError::about(
                     key,
                     format!(
@@ -261,12 +263,11 @@ pub(super) fn parse<'a>(
 fn parse_managed<'a>(
     get: impl Fn(&str) -> Option<&'a str> + Copy,
 ) -> Result<ManagedConsumer, ConfigError> {
-    let present = |key: &str| get(key).map(str::trim).filter(|v| !v.is_empty());
-    let name = present(DURABLE_NAME)
+    let name = non_blank(get, DURABLE_NAME)
         .map(|name| check_name(DURABLE_NAME, name).map(|()| name.to_string()))
         .transpose()?;
     let subjects = |key: &str| -> Result<Vec<String>, ConfigError> {
-        Ok(present(key)
+        Ok(non_blank(get, key)
             .map(|value| parse_patterns(key, value))
             .transpose()?
             .unwrap_or_default()
@@ -276,7 +277,7 @@ fn parse_managed<'a>(
     };
     let filter_subjects = subjects(FILTER_SUBJECTS)?;
     let stream_subjects = subjects(STREAM_SUBJECTS)?;
-    let storage = match present(STREAM_STORAGE) {
+    let storage = match non_blank(get, STREAM_STORAGE) {
         None | Some("file") => StorageType::File,
         Some("memory") => StorageType::Memory,
         Some(other) => {
@@ -287,13 +288,13 @@ fn parse_managed<'a>(
             ))
         }
     };
-    if present(STREAM_STORAGE).is_some() && stream_subjects.is_empty() {
+    if non_blank(get, STREAM_STORAGE).is_some() && stream_subjects.is_empty() {
         return Err(ConfigError::about(
             STREAM_STORAGE,
             format!("applies only to a stream created from '{STREAM_SUBJECTS}', which is not set"),
         ));
     }
-    let max_deliver = present(MAX_DELIVER)
+    let max_deliver = non_blank(get, MAX_DELIVER)
         .map(|value| match value.parse::<i64>() {
             Ok(n) if (1..=1_000_000).contains(&n) => Ok(n),
             _ => Err(ConfigError::new(
@@ -307,7 +308,7 @@ fn parse_managed<'a>(
         name,
         filter_subjects,
         deliver_policy: parse_deliver_policy(get)?,
-        ack_wait: present(ACK_WAIT_MS)
+        ack_wait: non_blank(get, ACK_WAIT_MS)
             .map(|value| parse_duration(ACK_WAIT_MS, value, Duration::from_millis))
             .transpose()?
             .unwrap_or(DEFAULT_ACK_WAIT),
@@ -322,10 +323,9 @@ fn parse_managed<'a>(
 fn parse_deliver_policy<'a>(
     get: impl Fn(&str) -> Option<&'a str> + Copy,
 ) -> Result<DeliverPolicy, ConfigError> {
-    let present = |key: &str| get(key).map(str::trim).filter(|v| !v.is_empty());
-    let policy = present(DELIVER_POLICY).unwrap_or("all");
-    let sequence = present(START_SEQUENCE);
-    let time = present(START_TIME);
+    let policy = non_blank(get, DELIVER_POLICY).unwrap_or("all");
+    let sequence = non_blank(get, START_SEQUENCE);
+    let time = non_blank(get, START_TIME);
     let unused = |key: &str, wanted: &str| {
         ConfigError::about(
             key,
@@ -518,13 +518,7 @@ mod tests {
     /// The durable settings of a handler link with this config, parsed the
     /// way the provider parses a link.
     fn durable(pairs: &[(&str, &str)]) -> Result<DurableSettings, ConfigError> {
-        let config = pairs
-            .iter()
-            .map(|(k, v)| (k.to_string(), v.to_string()))
-            .collect();
-        ProviderDefaults::default()
-            .link_settings(&config, &HashMap::new())
-            .map(|settings| settings.handler.durable)
+        crate::config::tests::settings(pairs).map(|settings| settings.handler.durable)
     }
 
     /// The error for a config that must be refused; it must name `key`.

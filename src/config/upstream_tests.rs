@@ -5,14 +5,8 @@
 
 use std::collections::HashMap;
 
+use super::tests::map;
 use super::*;
-
-fn map(pairs: &[(&str, &str)]) -> HashMap<String, String> {
-    pairs
-        .iter()
-        .map(|(k, v)| (k.to_string(), v.to_string()))
-        .collect()
-}
 
 /// A handler link's settings from `link`, over provider config `provider`.
 fn handler(provider: &[(&str, &str)], link: &[(&str, &str)]) -> LinkSettings {
