@@ -3,7 +3,7 @@
 //! lattice data.
 
 use anyhow::{Context as _, Result};
-pub use nats_test_server::NatsServer;
+pub use nats_test_server::{round_trip, NatsServer};
 
 /// Starts a private `nats-server` with JetStream on a port it picks itself,
 /// with a fresh store; it is killed and its folder removed on drop.

@@ -10,6 +10,7 @@ use anyhow::{bail, Context as _, Result};
 use async_nats::client::RequestErrorKind;
 use common::*;
 use messaging_nats_e2e::host::DEFAULT_LINK_NAME;
+use messaging_nats_e2e::nats::round_trip;
 
 #[tokio::test(flavor = "multi_thread")]
 async fn request_is_answered_by_component() -> Result<()> {
@@ -130,7 +131,7 @@ async fn requests_received_before_link_delete_are_answered() -> Result<()> {
     }
     // On the server before the host is even asked to delete the link, so
     // the provider has them (or is receiving them) when the delete arrives.
-    lattice.client.flush().await?;
+    round_trip(&lattice.client).await;
 
     lattice
         .host

@@ -6,23 +6,16 @@ use std::time::{Duration, Instant};
 
 use crate::support::credentials::{authenticated_connections, Operator, ServerConnection, TestPki};
 use crate::support::{
-    message, next_message, Behaviour, Lattice, Link, NatsServer, ServerExt as _, WAIT,
+    message, next_message, round_trip, Behaviour, Lattice, Link, NatsServer, ServerExt as _, WAIT,
 };
 
 /// Name the provider's connections carry in the server's connection list.
 const PROVIDER_CONNECTION: &str = "wasmcloud-messaging-nats";
 
-/// Subscribes and waits until the server has taken the subscription: a
-/// flush only empties the client's buffer, so this also makes a request
-/// that the server answers, in order, with "no responders".
+/// Subscribes and waits until the server has taken the subscription.
 async fn subscribe_confirmed(client: &async_nats::Client, subject: &str) -> async_nats::Subscriber {
     let sub = client.subscribe(subject.to_string()).await.unwrap();
-    let nobody = client.new_inbox();
-    let reply = client.request(nobody, bytes::Bytes::new()).await;
-    assert!(
-        matches!(&reply, Err(e) if e.kind() == async_nats::client::RequestErrorKind::NoResponders),
-        "round trip: {reply:?}"
-    );
+    round_trip(client).await;
     sub
 }
 

@@ -1,7 +1,7 @@
 //! Bad link configuration: the link is refused with an error naming the key
 //! and value, and the provider goes on serving its other links.
 
-use crate::support::{message, next_message, Behaviour, Lattice, Link};
+use crate::support::{message, next_message, round_trip, Behaviour, Lattice, Link};
 
 /// Puts a handler link with `config`, expects it to be refused with a log
 /// line containing every fragment, then checks that a good link still works.
@@ -18,7 +18,7 @@ async fn assert_rejected(config: &[(&str, &str)], fragments: &[&str]) {
     }
     provider.put_link(&Link::consumer("c", &[])).await;
     let mut sub = lattice.client.subscribe("still.working").await.unwrap();
-    lattice.client.flush().await.unwrap();
+    round_trip(&lattice.client).await;
     component
         .caller(&provider)
         .await
@@ -155,7 +155,7 @@ async fn subscriptions_on_a_consumer_link_are_ignored() {
     let provider = lattice.provider(&[]).await;
     let component = lattice.component("c", Behaviour::default()).await;
     let mut sub = lattice.client.subscribe("out").await.unwrap();
-    crate::support::round_trip(&lattice.client).await;
+    round_trip(&lattice.client).await;
 
     let line = provider
         .put_link(&Link::consumer(

@@ -3,7 +3,8 @@
 use std::time::Duration;
 
 use crate::support::{
-    message, next_message, Behaviour, ConsumerSetup, Lattice, Link, NatsServer, ServerExt as _,
+    message, next_message, round_trip, Behaviour, ConsumerSetup, Lattice, Link, NatsServer,
+    ServerExt as _,
 };
 
 #[tokio::test]
@@ -54,7 +55,7 @@ async fn payload_of_exactly_max_payload_is_published() {
     let (setup, data) = small_payload_setup().await;
     let client = data.client().await;
     let mut sub = client.subscribe("big").await.unwrap();
-    client.flush().await.unwrap();
+    round_trip(&client).await;
 
     let result = setup
         .caller
@@ -153,10 +154,10 @@ async fn each_component_publishes_through_its_own_link_and_link_name() {
         .put_link(&Link::consumer("a", &[("cluster_uris", &other.url())]).named("secondary"))
         .await;
     let mut on_lattice = lattice.client.subscribe("where").await.unwrap();
-    lattice.client.flush().await.unwrap();
+    round_trip(&lattice.client).await;
     let other_client = other.client().await;
     let mut on_other = other_client.subscribe("where").await.unwrap();
-    other_client.flush().await.unwrap();
+    round_trip(&other_client).await;
 
     let mut a_caller = a.caller(&provider).await;
     a_caller

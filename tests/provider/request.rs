@@ -4,12 +4,12 @@ use std::time::Duration;
 
 use futures::StreamExt as _;
 
-use crate::support::{ConsumerSetup, Lattice, NatsServer};
+use crate::support::{round_trip, ConsumerSetup, Lattice, NatsServer};
 
 /// Answers every request on `subject` with `reply: <body>`.
 async fn responder(client: &async_nats::Client, subject: &str) {
     let mut sub = client.subscribe(subject.to_string()).await.unwrap();
-    client.flush().await.unwrap();
+    round_trip(client).await;
     let client = client.clone();
     tokio::spawn(async move {
         while let Some(msg) = sub.next().await {

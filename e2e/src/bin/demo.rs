@@ -71,7 +71,7 @@ async fn main() -> Result<()> {
 
     let client = messaging_nats_e2e::nats::connect(&nats).await?;
     let mut events = client.subscribe(format!("events.{SUBJECT}")).await?;
-    client.flush().await?;
+    messaging_nats_e2e::nats::round_trip(&client).await;
     step("transcript follows\n");
 
     for body in REQUESTS {

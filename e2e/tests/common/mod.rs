@@ -12,6 +12,7 @@ use async_nats::client::RequestErrorKind;
 use async_nats::{Message, Subscriber};
 use futures::StreamExt as _;
 use messaging_nats_e2e::host::DEFAULT_LINK_NAME;
+use messaging_nats_e2e::nats::round_trip;
 use messaging_nats_e2e::{build_provider_archive, init_logging, paths, Host, NatsServer};
 use tokio::sync::OnceCell;
 
@@ -114,7 +115,7 @@ impl Lattice {
     /// events of all of them so that they do not reach later subscribers.
     pub async fn wait_answering(&self, subject: &str) -> Result<()> {
         let mut events = self.client.subscribe(format!("events.{subject}")).await?;
-        self.client.flush().await?;
+        round_trip(&self.client).await;
         let deadline = Instant::now() + WAIT;
         loop {
             match self.client.request(subject.to_owned(), "ping".into()).await {
@@ -144,7 +145,9 @@ impl Lattice {
     /// Subscribes the plain client to `subject`, ready when this returns.
     pub async fn subscribe(&self, subject: &str) -> Result<Subscriber> {
         let subscriber = self.client.subscribe(subject.to_owned()).await?;
-        self.client.flush().await?;
+        // The component publishes from the host's connection: the server
+        // must have taken this subscription first.
+        round_trip(&self.client).await;
         Ok(subscriber)
     }
 }

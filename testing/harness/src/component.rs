@@ -177,7 +177,9 @@ impl Component {
         let streams = bindings::serve(&wrpc, handler)
             .await
             .expect("serve handler");
-        nats.flush().await.expect("flush subscriptions");
+        // The provider invokes from another connection: the server must
+        // have taken the serving subscriptions first.
+        crate::round_trip(&nats).await;
         let mut invocations = futures::stream::select_all(streams.into_iter().map(|(_, _, s)| s));
         let serving = tokio::spawn(async move {
             while let Some(invocation) = invocations.next().await {

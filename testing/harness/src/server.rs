@@ -3,9 +3,7 @@
 
 use std::future::Future;
 
-use bytes::Bytes;
-
-pub use nats_test_server::{NatsServer, Options as ServerOptions};
+pub use nats_test_server::{round_trip, NatsServer, Options as ServerOptions};
 
 /// What the provider tests ask of a server beyond starting and stopping it.
 pub trait ServerExt {
@@ -53,14 +51,6 @@ impl ServerExt for NatsServer {
             .map(|c| c["name"].as_str().unwrap_or_default().to_string())
             .collect()
     }
-}
-
-/// Waits until the server has processed everything `client` sent before,
-/// subscriptions included (a flush only empties the client's buffer): the
-/// server answers a request nobody serves with "no responders", in order.
-pub async fn round_trip(client: &async_nats::Client) {
-    let nobody = client.new_inbox();
-    let _ = tokio::time::timeout(crate::WAIT, client.request(nobody, Bytes::new())).await;
 }
 
 /// Answers every request on `subject` with its own body until the returned

@@ -261,6 +261,26 @@ fn read_port(log: &str, marker: &str) -> Option<u16> {
         .find_map(|(_, port)| port.parse().ok())
 }
 
+/// How long [`round_trip`] waits for the server's answer.
+const ROUND_TRIP_TIMEOUT: Duration = Duration::from_secs(10);
+
+/// Waits until the server has processed everything `client` sent before,
+/// subscriptions above all. `flush` only empties the client's buffer: a
+/// message from another connection can still reach the server before it has
+/// read this one's SUB. A request to an inbox nobody serves is answered with
+/// "no responders" once the server has read it, so after everything before
+/// it. Panics if the server does not answer in time.
+pub async fn round_trip(client: &async_nats::Client) {
+    use async_nats::client::RequestErrorKind;
+    let nobody = client.new_inbox();
+    match tokio::time::timeout(ROUND_TRIP_TIMEOUT, client.request(nobody, "".into())).await {
+        Ok(Err(err)) if err.kind() == RequestErrorKind::NoResponders => {}
+        Ok(Ok(_)) => panic!("round trip: somebody answered a fresh inbox"),
+        Ok(Err(err)) => panic!("round trip to the NATS server failed: {err}"),
+        Err(_) => panic!("NATS server did not answer a round trip within {ROUND_TRIP_TIMEOUT:?}"),
+    }
+}
+
 /// A loopback port free now, for cluster routes (which must be known before
 /// the nodes start).
 fn unused_port() -> u16 {
