@@ -1,5 +1,7 @@
 //! The provider executable that a wasmCloud host starts.
 
+use std::time::Duration;
+
 use anyhow::Context as _;
 use futures::StreamExt as _;
 use messaging_nats::{bindings, host_data, MessagingProvider};
@@ -102,6 +104,12 @@ async fn run() -> anyhow::Result<()> {
         let provider = provider.clone();
         async move {
             tokio::select! {
+                // Before the SDK's command loop: once the host's shutdown is
+                // answered, that loop finds its command channels closed and
+                // reports each as an error (and calls shutdown again), so it
+                // is not polled any more.
+                biased;
+                () = provider.host_shutdown_done() => send_host_reply().await,
                 () = host_shutdown => {}
                 _ = terminate.recv() => {
                     info!("SIGTERM received, draining");
@@ -123,6 +131,25 @@ async fn run() -> anyhow::Result<()> {
     serve(&wrpc, provider, stopped).await?;
     info!("provider stopped");
     Ok(())
+}
+
+/// Longest wait for the lattice connection to write the answer to the
+/// host's shutdown: its server may be gone.
+const REPLY_FLUSH_TIMEOUT: Duration = Duration::from_secs(1);
+
+/// Lets the SDK's shutdown task, woken by the answer to the host, queue its
+/// reply on the lattice connection, then writes it out before the process
+/// ends (the SDK's command loop would have flushed it, but it is no longer
+/// polled).
+async fn send_host_reply() {
+    tokio::task::yield_now().await;
+    let nats = &get_connection().nats;
+    if tokio::time::timeout(REPLY_FLUSH_TIMEOUT, nats.flush())
+        .await
+        .is_err()
+    {
+        warn!("the lattice connection did not write the shutdown answer in time");
+    }
 }
 
 /// Serves the `consumer` export until `stopped` resolves: each invocation

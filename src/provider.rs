@@ -10,6 +10,7 @@ use std::time::Duration;
 use anyhow::{anyhow, bail, Context as _};
 use bytes::Bytes;
 use tokio::sync::Mutex;
+use tokio_util::sync::CancellationToken;
 use tokio_util::task::TaskTracker;
 use tracing::{debug, error, info, warn};
 use wasmcloud_provider_sdk::{
@@ -58,6 +59,7 @@ impl Default for MessagingProvider {
                 tasks,
                 handlers: Mutex::default(),
                 consumers: RwLock::default(),
+                host_shutdown_done: CancellationToken::new(),
             }),
         }
     }
@@ -74,6 +76,8 @@ struct State {
     /// `connect_timeout_ms`.
     handlers: Mutex<HashMap<LinkKey, Deliveries>>,
     consumers: RwLock<HashMap<LinkKey, Arc<ConsumerLink>>>,
+    /// Cancelled once the host's shutdown call has drained everything.
+    host_shutdown_done: CancellationToken,
 }
 
 /// The longest shutdown waits for links to drain and connections to close:
@@ -101,6 +105,12 @@ impl MessagingProvider {
             );
         }
         info!("all links stopped");
+    }
+
+    /// Resolves once the host's shutdown call has been handled (the links
+    /// drained); the SDK answers the host right after.
+    pub async fn host_shutdown_done(&self) {
+        self.state.host_shutdown_done.cancelled().await;
     }
 
     // The std locks below are never held across an await or a panic-prone
@@ -281,7 +291,10 @@ fn log_rejection(result: anyhow::Result<()>) -> anyhow::Result<()> {
 
 impl Provider for MessagingProvider {
     async fn init(&self, init: impl ProviderInitConfig) -> anyhow::Result<()> {
-        let defaults = ProviderDefaults::new(init.get_config(), init.get_secrets());
+        let mut defaults = ProviderDefaults::new(init.get_config(), init.get_secrets());
+        if let Ok(host) = wasmcloud_provider_sdk::provider::load_host_data() {
+            defaults = defaults.with_lattice_url(&host.lattice_rpc_url);
+        }
         if let Err(err) = defaults.check() {
             error!(error = %err, "provider config is invalid; links that do not override it will be rejected");
         }
@@ -382,6 +395,7 @@ impl Provider for MessagingProvider {
     async fn shutdown(&self) -> anyhow::Result<()> {
         info!("shutdown requested by the host, draining");
         self.shutdown_now().await;
+        self.state.host_shutdown_done.cancel();
         Ok(())
     }
 }

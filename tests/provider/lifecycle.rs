@@ -17,6 +17,35 @@ async fn shutdown_request_exits_zero() {
     assert!(status.success(), "{status:?}");
 }
 
+/// The SDK's command loop, polled after it answered the host, reported each
+/// of its closed command channels as an error; one process seldom shows
+/// it, so three are shut down.
+#[tokio::test]
+async fn shutdown_is_answered_and_logs_no_error() {
+    let lattice = Lattice::start().await;
+    for _ in 0..3 {
+        let mut provider = lattice.provider(&[]).await;
+        provider
+            .put_link(&Link::handler("c", &[("subscriptions", "x")]))
+            .await;
+        provider.put_link(&Link::consumer("c", &[])).await;
+
+        let answer = provider.request_shutdown().await;
+        let status = provider.wait_exit().await;
+        provider.logs.wait_closed().await;
+
+        assert_eq!(answer.as_deref(), Some("shutting down"));
+        assert!(status.success(), "{status:?}");
+        let errors: Vec<_> = provider
+            .logs
+            .lines()
+            .into_iter()
+            .filter(|l| l.contains("ERROR"))
+            .collect();
+        assert!(errors.is_empty(), "errors at shutdown: {errors:#?}");
+    }
+}
+
 #[tokio::test]
 async fn sigterm_drains_in_flight_deliveries_and_exits_zero() {
     let lattice = Lattice::start().await;

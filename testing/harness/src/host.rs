@@ -20,17 +20,31 @@ use crate::WAIT;
 
 /// Output lines of a provider process, shared with the reader threads.
 #[derive(Clone, Default)]
-pub struct Logs(Arc<Mutex<Vec<String>>>);
+pub struct Logs {
+    lines: Arc<Mutex<Vec<String>>>,
+    /// Output streams not read to their end yet.
+    open: Arc<AtomicUsize>,
+}
 
 impl Logs {
     fn push(&self, line: String) {
-        if let Ok(mut lines) = self.0.lock() {
+        if let Ok(mut lines) = self.lines.lock() {
             lines.push(line);
         }
     }
 
     pub fn lines(&self) -> Vec<String> {
-        self.0.lock().map(|l| l.clone()).unwrap_or_default()
+        self.lines.lock().map(|l| l.clone()).unwrap_or_default()
+    }
+
+    /// Waits until the process's output has been read to its end (it has
+    /// exited), so that [`lines`](Self::lines) holds all of it.
+    pub async fn wait_closed(&self) {
+        let deadline = Instant::now() + WAIT;
+        while self.open.load(Ordering::SeqCst) > 0 {
+            assert!(Instant::now() < deadline, "provider output still open");
+            tokio::time::sleep(Duration::from_millis(10)).await;
+        }
     }
 
     pub fn count(&self, pred: impl Fn(&str) -> bool) -> usize {
@@ -39,7 +53,7 @@ impl Logs {
 
     /// Lines printed so far; a position for [`wait_for`](Self::wait_for).
     pub fn line_count(&self) -> usize {
-        self.0.lock().map(|l| l.len()).unwrap_or_default()
+        self.lines.lock().map(|l| l.len()).unwrap_or_default()
     }
 
     /// Waits until a line from index `from` on satisfies `pred`, and
@@ -385,10 +399,19 @@ impl Provider {
     /// Asks the provider to shut down, as the host does, and waits for the
     /// process to exit.
     pub async fn shutdown(mut self) -> ExitStatus {
+        self.request_shutdown().await;
+        self.wait_exit().await
+    }
+
+    /// Sends the host's shutdown request; returns the provider's answer, or
+    /// `None` if none came within the wait.
+    pub async fn request_shutdown(&self) -> Option<String> {
         let subject = format!("wasmbus.rpc.{}.{}.default.shutdown", self.lattice, self.key);
         let body = serde_json::json!({ "host_id": self.host_id }).to_string();
-        let _ = tokio::time::timeout(WAIT, self.client.request(subject, body.into())).await;
-        self.wait_exit().await
+        match tokio::time::timeout(WAIT, self.client.request(subject, body.into())).await {
+            Ok(Ok(answer)) => Some(String::from_utf8_lossy(&answer.payload).into_owned()),
+            _ => None,
+        }
     }
 
     /// Resident memory of the process, in KiB (from /proc).
@@ -464,10 +487,12 @@ fn spawn_provider_with(
         Box::new(stderr),
     ] {
         let logs = logs.clone();
+        logs.open.fetch_add(1, Ordering::SeqCst);
         std::thread::spawn(move || {
             for line in BufReader::new(stream).lines().map_while(Result::ok) {
                 logs.push(line);
             }
+            logs.open.fetch_sub(1, Ordering::SeqCst);
         });
     }
     (child, logs)
