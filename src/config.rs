@@ -27,7 +27,8 @@ pub use durable::{
 };
 use durable::{ACK_WAIT_MS, BACKOFF_MS};
 
-/// Server used when neither the link nor the provider names one.
+/// Server used when neither the link nor the provider names one and the
+/// host did not say where the lattice's NATS is.
 pub const DEFAULT_CLUSTER_URI: &str = "nats://127.0.0.1:4222";
 
 /// Comma-separated subjects to subscribe to; `subject|queue` joins a queue group.
@@ -246,6 +247,10 @@ impl std::error::Error for ConfigError {}
 pub struct ProviderDefaults {
     config: HashMap<String, String>,
     secrets: HashMap<String, SecretValue>,
+    /// The lattice's NATS URL, as the host gave it: the server of links that
+    /// name none, so that a provider started without config talks to the
+    /// NATS its host uses (no credentials are borrowed from the host).
+    lattice_url: Option<String>,
 }
 
 impl ProviderDefaults {
@@ -254,7 +259,14 @@ impl ProviderDefaults {
         Self {
             config: config.clone(),
             secrets: secrets.clone(),
+            lattice_url: None,
         }
+    }
+
+    /// Makes `url` (the lattice's NATS) the default of `cluster_uris`.
+    pub fn with_lattice_url(mut self, url: &str) -> Self {
+        self.lattice_url = Some(url.to_string()).filter(|url| !url.trim().is_empty());
+        self
     }
 
     /// Replaces the config, as a provider config update does; the secrets
@@ -291,6 +303,9 @@ impl ProviderDefaults {
         link_secrets: &HashMap<String, SecretValue>,
     ) -> Result<LinkSettings, ConfigError> {
         let mut values = HashMap::new();
+        if let Some(url) = &self.lattice_url {
+            values.insert(CLUSTER_URIS.to_string(), url.clone());
+        }
         overlay(&mut values, &self.config, &self.secrets);
         // Authentication is one choice: a link that makes its own replaces
         // the provider's, rather than being refused as a second method.
@@ -1102,6 +1117,27 @@ mod tests {
         assert_eq!(s.connection.auth, Auth::None);
         assert_eq!(s.handler.max_in_flight, 64);
         assert!(s.handler.subscriptions.is_empty());
+    }
+
+    #[test]
+    fn the_lattice_url_is_the_server_of_links_that_name_none() {
+        let defaults = ProviderDefaults::default().with_lattice_url("nats://lattice:4222");
+        let s = defaults
+            .link_settings(&HashMap::new(), &HashMap::new())
+            .expect("parses");
+        assert_eq!(s.connection.servers, vec!["nats://lattice:4222"]);
+
+        let provider =
+            ProviderDefaults::new(&map(&[(CLUSTER_URIS, "nats://p:4222")]), &HashMap::new())
+                .with_lattice_url("nats://lattice:4222");
+        let s = provider
+            .link_settings(&HashMap::new(), &HashMap::new())
+            .expect("parses");
+        assert_eq!(
+            s.connection.servers,
+            vec!["nats://p:4222"],
+            "provider config wins"
+        );
     }
 
     #[test]
