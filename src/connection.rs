@@ -11,7 +11,6 @@
 
 use std::collections::{HashMap, HashSet};
 use std::path::Path;
-use std::str::FromStr;
 use std::sync::atomic::{AtomicBool, AtomicU64, AtomicUsize, Ordering};
 use std::sync::{Arc, Mutex, MutexGuard, PoisonError, Weak};
 use std::time::Duration;
@@ -19,7 +18,7 @@ use std::time::Duration;
 use anyhow::{anyhow, Context as _};
 use async_nats::client::RequestErrorKind;
 use async_nats::connection::State;
-use async_nats::{ClientError, ConnectOptions, Event, ServerAddr, ServerError};
+use async_nats::{ClientError, ConnectOptions, Event, ServerError};
 use bytes::Bytes;
 use tokio::sync::{watch, Notify};
 use tokio_util::sync::{CancellationToken, DropGuard};
@@ -51,7 +50,7 @@ fn reconnect_delay(attempt: usize) -> Duration {
 /// A share of a NATS connection. Clones share it too; the connection closes
 /// when the last lease is gone.
 #[derive(Clone)]
-pub struct Lease(Arc<NatsConnection>);
+pub(crate) struct Lease(Arc<NatsConnection>);
 
 impl std::ops::Deref for Lease {
     type Target = NatsConnection;
@@ -62,9 +61,9 @@ impl std::ops::Deref for Lease {
 }
 
 /// A NATS connection shared by the links with equal settings.
-pub struct NatsConnection {
+pub(crate) struct NatsConnection {
     /// Server list without credentials, for logs and errors.
-    pub servers: String,
+    pub(crate) servers: String,
     current: watch::Receiver<async_nats::Client>,
     signals: Arc<Signals>,
     /// Stops the supervisor (which then closes the client) when the last
@@ -109,27 +108,27 @@ pub(crate) fn lock<T>(mutex: &Mutex<T>) -> MutexGuard<'_, T> {
 impl NatsConnection {
     /// The current client. Take it per call: it changes when a client that
     /// gave up reconnecting is replaced.
-    pub fn client(&self) -> async_nats::Client {
+    pub(crate) fn client(&self) -> async_nats::Client {
         self.current.borrow().clone()
     }
 
     /// A receiver that changes at every (re)connection of the client.
-    pub fn watch_connected(&self) -> watch::Receiver<u64> {
+    pub(crate) fn watch_connected(&self) -> watch::Receiver<u64> {
         self.signals.connected.subscribe()
     }
 
     /// A receiver that sees each new client (for resubscribing).
-    pub fn watch_client(&self) -> watch::Receiver<async_nats::Client> {
+    pub(crate) fn watch_client(&self) -> watch::Receiver<async_nats::Client> {
         self.current.clone()
     }
 
     /// True while the client has a live connection to a server.
-    pub fn is_connected(&self) -> bool {
+    pub(crate) fn is_connected(&self) -> bool {
         self.client().connection_state() == State::Connected
     }
 
     /// A word for the connection state, for health messages and errors.
-    pub fn state(&self) -> &'static str {
+    pub(crate) fn state(&self) -> &'static str {
         match self.client().connection_state() {
             State::Connected => "connected",
             State::Disconnected => "disconnected",
@@ -139,7 +138,7 @@ impl NatsConnection {
 
     /// The server's `max_payload`, or NATS's default before the first
     /// connection tells it.
-    pub fn max_payload(&self) -> usize {
+    pub(crate) fn max_payload(&self) -> usize {
         match self.server_max_payload() {
             0 => 1024 * 1024,
             n => n,
@@ -147,7 +146,7 @@ impl NatsConnection {
     }
 
     /// The server's `max_payload`, 0 while no server has told it.
-    pub fn server_max_payload(&self) -> usize {
+    pub(crate) fn server_max_payload(&self) -> usize {
         match self.signals.max_payload.load(Ordering::Relaxed) {
             0 => {
                 let read = self.client().server_info().max_payload;
@@ -163,7 +162,7 @@ impl NatsConnection {
     /// the client's buffer; this makes a request to a subject that nobody
     /// serves, which the server answers with "no responders" in order.
     /// Callers bound it: while disconnected it waits for the reconnect.
-    pub async fn round_trip(&self) -> Result<(), async_nats::RequestError> {
+    pub(crate) async fn round_trip(&self) -> Result<(), async_nats::RequestError> {
         match self
             .request(self.client().new_inbox(), Bytes::new(), None)
             .await
@@ -177,7 +176,7 @@ impl NatsConnection {
     /// inbox subscription of its own, which goes when the future is dropped
     /// (on the caller's timeout too): the client's shared reply map would
     /// keep an entry for every request that never got a reply.
-    pub async fn request(
+    pub(crate) async fn request(
         &self,
         subject: String,
         payload: Bytes,
@@ -196,14 +195,14 @@ impl NatsConnection {
 
     /// Subjects of `subjects` that the server refused to let this connection
     /// subscribe to.
-    pub fn refused<'a>(&self, subjects: impl Iterator<Item = &'a str>) -> Vec<&'a str> {
+    pub(crate) fn refused<'a>(&self, subjects: impl Iterator<Item = &'a str>) -> Vec<&'a str> {
         let refused = lock(&self.signals.refused);
         subjects.filter(|s| refused.contains(*s)).collect()
     }
 
     /// Records that `link` subscribes to `subject`, so that a refusal by the
     /// server is logged naming the link; undone when the guard drops.
-    pub fn register_subscriber(&self, link: &str, subject: &str) -> SubscriberRecord {
+    pub(crate) fn register_subscriber(&self, link: &str, subject: &str) -> SubscriberRecord {
         lock(&self.signals.subscribers)
             .entry(subject.to_string())
             .or_default()
@@ -218,7 +217,7 @@ impl NatsConnection {
 
 /// A link's entry in its connection's subscriber list; see
 /// [`NatsConnection::register_subscriber`].
-pub struct SubscriberRecord {
+pub(crate) struct SubscriberRecord {
     signals: Arc<Signals>,
     link: String,
     subject: String,
@@ -258,7 +257,7 @@ struct PoolEntries(Mutex<HashMap<ConnectionSettings, Weak<NatsConnection>>>);
 
 /// The shared connections. Supervisors run on the provider's task tracker,
 /// so that shutdown waits for connections to close.
-pub struct ConnectionPool {
+pub(crate) struct ConnectionPool {
     entries: Arc<PoolEntries>,
     /// Opening is serialised so that two links with equal settings do not
     /// both open a connection.
@@ -267,7 +266,7 @@ pub struct ConnectionPool {
 }
 
 impl ConnectionPool {
-    pub fn new(tasks: TaskTracker) -> Self {
+    pub(crate) fn new(tasks: TaskTracker) -> Self {
         Self {
             entries: Arc::new(PoolEntries(Mutex::default())),
             opening: tokio::sync::Mutex::default(),
@@ -278,13 +277,13 @@ impl ConnectionPool {
     /// A lease on the connection for these settings, opened if no link uses
     /// one yet. Returns at once: the client connects in the background, and
     /// a link whose server is down is kept and works once it comes up.
-    pub async fn acquire(&self, settings: &ConnectionSettings) -> anyhow::Result<Lease> {
+    pub(crate) async fn acquire(&self, settings: &ConnectionSettings) -> anyhow::Result<Lease> {
         let _opening = self.opening.lock().await;
         if let Some(existing) = lock(&self.entries.0).get(settings).and_then(Weak::upgrade) {
             return Ok(Lease(existing));
         }
         let signals = Arc::new(Signals::default());
-        let client = connect(settings, &signals).await?;
+        let client = connect(settings, &signals, &self.tasks).await?;
         let (current, watch) = watch::channel(client);
         let stop = CancellationToken::new();
         self.tasks.spawn(supervise(
@@ -292,9 +291,10 @@ impl ConnectionPool {
             Arc::clone(&signals),
             current,
             stop.clone(),
+            self.tasks.clone(),
         ));
         let connection = Arc::new(NatsConnection {
-            servers: settings.redacted_servers(),
+            servers: settings.servers.to_string(),
             current: watch,
             signals,
             _supervisor: stop.drop_guard(),
@@ -314,8 +314,9 @@ async fn supervise(
     signals: Arc<Signals>,
     current: watch::Sender<async_nats::Client>,
     stop: CancellationToken,
+    tasks: TaskTracker,
 ) {
-    let servers = settings.redacted_servers();
+    let servers = settings.servers.to_string();
     loop {
         tokio::select! {
             () = stop.cancelled() => break,
@@ -325,7 +326,7 @@ async fn supervise(
                     attempts = MAX_RECONNECT_ATTEMPTS,
                     "NATS server still unreachable; starting a new client"
                 );
-                match connect(&settings, &signals).await {
+                match connect(&settings, &signals, &tasks).await {
                     Ok(client) => {
                         current.send_replace(client);
                         signals.max_payload.store(0, Ordering::Relaxed);
@@ -355,17 +356,14 @@ async fn supervise(
 }
 
 /// Opens a client that connects in the background (`retry_on_initial_connect`).
+/// `tasks` runs the checks its events ask for.
 async fn connect(
     settings: &ConnectionSettings,
     signals: &Arc<Signals>,
+    tasks: &TaskTracker,
 ) -> anyhow::Result<async_nats::Client> {
-    let servers_label = settings.redacted_servers();
-    let addrs = settings
-        .servers
-        .iter()
-        .map(|url| ServerAddr::from_str(url))
-        .collect::<Result<Vec<_>, _>>()
-        .map_err(|err| anyhow!("invalid server URL in {servers_label}: {err}"))?;
+    let servers_label = settings.servers.to_string();
+    let addrs = settings.servers.addrs().to_vec();
 
     let mut options = match &settings.auth {
         Auth::None => ConnectOptions::new(),
@@ -407,6 +405,7 @@ async fn connect(
     let events = Arc::clone(signals);
     let label = servers_label.clone();
     let tls_probe = settings.tls.required().then(|| settings.clone());
+    let tasks = tasks.clone();
     options = options
         .name(CLIENT_NAME)
         .connection_timeout(settings.connect_timeout)
@@ -417,12 +416,13 @@ async fn connect(
             let events = Arc::clone(&events);
             let servers = label.clone();
             let tls_probe = tls_probe.clone();
+            let tasks = tasks.clone();
             async move {
                 if on_event(&servers, &events, event) {
                     if let Some(settings) = tls_probe {
                         // The client reports a failed TLS handshake only as
                         // "IO error": find out why, once per outage.
-                        tokio::spawn(explain_tls_failure(settings));
+                        tasks.spawn(explain_tls_failure(settings));
                     }
                 }
             }
@@ -500,15 +500,12 @@ fn on_event(servers: &str, signals: &Signals, event: Event) -> bool {
 /// Logs why a TLS connection to the servers fails, found by a handshake of
 /// its own with the same TLS settings (bounded by the connect timeout).
 async fn explain_tls_failure(settings: ConnectionSettings) {
-    let servers = settings.redacted_servers();
+    let servers = settings.servers.to_string();
     let Ok(config) = tls_config(&settings.tls) else {
         return;
     };
     let connector = tokio_rustls::TlsConnector::from(Arc::new(config));
-    for url in &settings.servers {
-        let Ok(addr) = ServerAddr::from_str(url) else {
-            continue;
-        };
+    for addr in settings.servers.addrs() {
         let (host, port) = (addr.host().to_string(), addr.port());
         let handshake = async {
             let mut tcp = tokio::net::TcpStream::connect((host.as_str(), port)).await?;

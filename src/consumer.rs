@@ -14,11 +14,11 @@ use crate::connection::Lease;
 use crate::subject;
 
 /// A message as the WIT interface carries it.
-pub use crate::bindings::wasmcloud::messaging::types::BrokerMessage;
+pub(crate) use crate::bindings::wasmcloud::messaging::types::BrokerMessage;
 
 /// Why a publish or request failed. The text is what the component sees.
 #[derive(Debug)]
-pub enum ConsumerError {
+pub(crate) enum ConsumerError {
     InvalidSubject {
         role: &'static str,
         subject: String,
@@ -61,7 +61,7 @@ pub enum ConsumerError {
     },
     Nats {
         subject: String,
-        error: String,
+        source: async_nats::Error,
     },
 }
 
@@ -117,7 +117,7 @@ impl fmt::Display for ConsumerError {
             Self::NoResponders { subject } => {
                 write!(f, "no responders for request on {subject:?}")
             }
-            Self::Nats { subject, error } => write!(f, "NATS error on {subject:?}: {error}"),
+            Self::Nats { subject, source } => write!(f, "NATS error on {subject:?}: {source}"),
         }
     }
 }
@@ -125,18 +125,18 @@ impl fmt::Display for ConsumerError {
 impl std::error::Error for ConsumerError {}
 
 /// A component's consumer link: the connection it sends on and its limits.
-pub struct ConsumerLink {
+pub(crate) struct ConsumerLink {
     /// Released when the link (and any call still using it) is gone.
-    pub connection: Lease,
-    pub settings: ConsumerSettings,
-    pub metrics: crate::metrics::LinkMetrics,
+    pub(crate) connection: Lease,
+    pub(crate) settings: ConsumerSettings,
+    pub(crate) metrics: crate::metrics::LinkMetrics,
 }
 
 impl ConsumerLink {
     /// Publishes `msg` and waits until the client has written it to the
     /// server. Flushes of concurrent publishes share one socket write:
     /// async-nats answers every flush queued before it writes.
-    pub async fn publish(
+    pub(crate) async fn publish(
         &self,
         msg: BrokerMessage,
         headers: Option<HeaderMap>,
@@ -173,12 +173,12 @@ impl ConsumerLink {
                         .await
                 }
             }
-            .map_err(|err| err.to_string())?;
-            client.flush().await.map_err(|err| err.to_string())
+            .map_err(async_nats::Error::from)?;
+            client.flush().await.map_err(async_nats::Error::from)
         };
         match tokio::time::timeout(self.settings.publish_timeout, send).await {
             Ok(Ok(())) => Ok(()),
-            Ok(Err(error)) => Err(ConsumerError::Nats { subject, error }),
+            Ok(Err(source)) => Err(ConsumerError::Nats { subject, source }),
             Err(_) => Err(ConsumerError::NotConfirmed {
                 subject,
                 waited: self.settings.publish_timeout,
@@ -190,7 +190,7 @@ impl ConsumerLink {
 
     /// Sends a request and waits for the first reply. `timeout_ms` 0 means
     /// the link's `request_timeout_ms`.
-    pub async fn request(
+    pub(crate) async fn request(
         &self,
         subject: String,
         body: Bytes,
@@ -239,7 +239,7 @@ impl ConsumerLink {
             }
             Ok(Err(err)) => Err(ConsumerError::Nats {
                 subject,
-                error: err.to_string(),
+                source: err.into(),
             }),
             Err(_) => Err(ConsumerError::NoReply {
                 subject,

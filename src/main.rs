@@ -161,6 +161,7 @@ async fn serve(
     provider: MessagingProvider,
     stopped: impl std::future::Future<Output = ()>,
 ) -> anyhow::Result<()> {
+    let tasks = provider.tasks().clone();
     let exports = bindings::serve(wrpc, provider)
         .await
         .context("failed to serve the consumer interface")?;
@@ -174,7 +175,9 @@ async fn serve(
         tokio::select! {
             Some((instance, name, call)) = invocations.next() => match call {
                 Ok(call) => {
-                    tokio::spawn(async move {
+                    // On the provider's tracker: shutdown waits for calls
+                    // still running (each bounded by its own timeout).
+                    tasks.spawn(async move {
                         if let Err(err) = call.await {
                             warn!(instance, name, error = %format!("{err:#}"), "failed to serve an invocation");
                         }

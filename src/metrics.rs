@@ -72,8 +72,8 @@ fn instruments() -> &'static Instruments {
 }
 
 /// Why a delivery failed, as `error.type`.
-#[derive(Clone, Copy)]
-pub enum Failure {
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub(crate) enum Failure {
     HandlerError,
     InvokeFailed,
     Timeout,
@@ -90,27 +90,34 @@ impl Failure {
 }
 
 /// Why a message was dropped, as `reason`.
-#[derive(Clone, Copy)]
-pub enum Dropped {
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub(crate) enum Dropped {
     /// The handler link's queue was full (its component is behind).
     QueueFull,
     /// Left undelivered when a drain timed out.
     DrainTimeout,
+    /// A durable message whose last attempt (`max_deliver`) failed, with no
+    /// dead-letter subject to go to: terminated on the server.
+    MaxDeliver,
 }
 
 /// A consumer call, as `messaging.operation.name`.
-#[derive(Clone, Copy)]
-pub enum Operation {
+#[derive(Clone, Copy, Debug)]
+pub(crate) enum Operation {
     Publish,
     Request,
 }
 
 /// The attribute sets of one link, built once so that recording a
 /// measurement allocates nothing.
-pub struct LinkMetrics {
+pub(crate) struct LinkMetrics {
     process: Vec<KeyValue>,
-    failures: [Vec<KeyValue>; 3],
-    dropped: [Vec<KeyValue>; 2],
+    handler_error: Vec<KeyValue>,
+    invoke_failed: Vec<KeyValue>,
+    timeout: Vec<KeyValue>,
+    queue_full: Vec<KeyValue>,
+    drain_timeout: Vec<KeyValue>,
+    max_deliver: Vec<KeyValue>,
     publish: Vec<KeyValue>,
     request: Vec<KeyValue>,
     publish_failed: Vec<KeyValue>,
@@ -118,7 +125,7 @@ pub struct LinkMetrics {
 }
 
 impl LinkMetrics {
-    pub fn new(component_id: &str, link_name: &str) -> Self {
+    pub(crate) fn new(component_id: &str, link_name: &str) -> Self {
         let link = [
             KeyValue::new("messaging.system", "nats"),
             KeyValue::new("wasmcloud.component.id", component_id.to_string()),
@@ -143,16 +150,12 @@ impl LinkMetrics {
         };
         Self {
             process: process(None),
-            failures: [
-                Failure::HandlerError,
-                Failure::InvokeFailed,
-                Failure::Timeout,
-            ]
-            .map(|failure| process(Some(failure))),
-            dropped: [
-                with(&[("reason", "queue_full")]),
-                with(&[("reason", "drain_timeout")]),
-            ],
+            handler_error: process(Some(Failure::HandlerError)),
+            invoke_failed: process(Some(Failure::InvokeFailed)),
+            timeout: process(Some(Failure::Timeout)),
+            queue_full: with(&[("reason", "queue_full")]),
+            drain_timeout: with(&[("reason", "drain_timeout")]),
+            max_deliver: with(&[("reason", "max_deliver")]),
             publish: operation("send", "publish", None),
             request: operation("send", "request", None),
             publish_failed: operation("send", "publish", Some("publish_failed")),
@@ -161,39 +164,50 @@ impl LinkMetrics {
     }
 
     /// A delivery starts: counted as consumed and in flight.
-    pub fn delivery_started(&self) {
+    pub(crate) fn delivery_started(&self) {
         let instruments = instruments();
         instruments.consumed.add(1, &self.process);
         instruments.in_flight.add(1, &self.process);
     }
 
     /// A delivery ended after `elapsed`, failed as `failure` says.
-    pub fn delivery_ended(&self, elapsed: Duration, failure: Option<Failure>) {
+    pub(crate) fn delivery_ended(&self, elapsed: Duration, failure: Option<Failure>) {
         let instruments = instruments();
         instruments.in_flight.add(-1, &self.process);
         let attributes = match failure {
             None => &self.process,
-            Some(f) => &self.failures[f as usize],
+            Some(Failure::HandlerError) => &self.handler_error,
+            Some(Failure::InvokeFailed) => &self.invoke_failed,
+            Some(Failure::Timeout) => &self.timeout,
         };
         instruments
             .process_duration
             .record(elapsed.as_secs_f64(), attributes);
     }
 
-    pub fn dropped(&self, reason: Dropped, count: u64) {
+    /// A delivery was cancelled before it ended (its link's drain time was
+    /// up): no longer in flight, and no duration to record.
+    pub(crate) fn delivery_abandoned(&self) {
+        instruments().in_flight.add(-1, &self.process);
+    }
+
+    pub(crate) fn dropped(&self, reason: Dropped, count: u64) {
+        let attributes = match reason {
+            Dropped::QueueFull => &self.queue_full,
+            Dropped::DrainTimeout => &self.drain_timeout,
+            Dropped::MaxDeliver => &self.max_deliver,
+        };
         if count > 0 {
-            instruments()
-                .dropped
-                .add(count, &self.dropped[reason as usize]);
+            instruments().dropped.add(count, attributes);
         }
     }
 
-    pub fn dead_lettered(&self) {
+    pub(crate) fn dead_lettered(&self) {
         instruments().dead_lettered.add(1, &self.process);
     }
 
     /// A publish or request took `elapsed` and succeeded or not.
-    pub fn sent(&self, operation: Operation, elapsed: Duration, ok: bool) {
+    pub(crate) fn sent(&self, operation: Operation, elapsed: Duration, ok: bool) {
         let attributes = match (operation, ok) {
             (Operation::Publish, true) => &self.publish,
             (Operation::Publish, false) => &self.publish_failed,

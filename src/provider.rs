@@ -3,13 +3,11 @@
 
 use std::collections::HashMap;
 use std::fmt;
-use std::sync::atomic::Ordering;
 use std::sync::{Arc, PoisonError, RwLock, RwLockReadGuard, RwLockWriteGuard};
-use std::time::Duration;
+use std::time::{Duration, Instant};
 
 use anyhow::{anyhow, bail, Context as _};
 use bytes::Bytes;
-use tokio::sync::Mutex;
 use tokio_util::sync::CancellationToken;
 use tokio_util::task::TaskTracker;
 use tracing::{debug, error, info, warn};
@@ -22,9 +20,13 @@ use crate::bindings::exports::wasmcloud::messaging::consumer;
 use crate::config::{LinkRole, LinkSettings, ProviderDefaults};
 use crate::connection::{ConnectionPool, NatsConnection};
 use crate::consumer::{BrokerMessage, ConsumerError, ConsumerLink};
-use crate::delivery::{Deliveries, Target};
+use crate::link::{HandlerLink, LinkCounters, Target};
 use crate::metrics::{LinkMetrics, Operation};
 use crate::trace_context;
+
+/// The two kinds of link, as health and logs name them.
+const HANDLER: &str = "handler";
+const CONSUMER: &str = "consumer";
 
 const WIT_NAMESPACE: &str = "wasmcloud";
 const WIT_PACKAGE: &str = "messaging";
@@ -35,6 +37,25 @@ const WIT_PACKAGE: &str = "messaging";
 struct LinkKey {
     component_id: String,
     link_name: String,
+}
+
+impl LinkKey {
+    fn new(component_id: &str, link_name: &str) -> Self {
+        Self {
+            component_id: component_id.to_string(),
+            link_name: link_name.to_string(),
+        }
+    }
+
+    /// A handler link: the provider is its source, the component its target.
+    fn handler(link: &LinkConfig<'_>) -> Self {
+        Self::new(link.target_id, link.link_name)
+    }
+
+    /// A consumer link: the component is its source.
+    fn consumer(link: &LinkConfig<'_>) -> Self {
+        Self::new(link.source_id, link.link_name)
+    }
 }
 
 impl fmt::Display for LinkKey {
@@ -57,8 +78,10 @@ impl Default for MessagingProvider {
                 defaults: RwLock::default(),
                 pool: ConnectionPool::new(tasks.clone()),
                 tasks,
-                handlers: Mutex::default(),
+                link_changes: tokio::sync::Mutex::default(),
+                handlers: RwLock::default(),
                 consumers: RwLock::default(),
+                rejected: RwLock::default(),
                 host_shutdown_done: CancellationToken::new(),
             }),
         }
@@ -68,33 +91,62 @@ impl Default for MessagingProvider {
 struct State {
     defaults: RwLock<ProviderDefaults>,
     pool: ConnectionPool,
-    /// Link stops, drains and connection closes run here, outside the SDK's
-    /// command loop; shutdown waits for them.
+    /// Link stops, drains, connection closes and the invocations of the
+    /// `consumer` export run here, outside the SDK's command loop; shutdown
+    /// waits for them.
     tasks: TaskTracker,
-    /// Held across a link's start, so that changes to one handler link never
-    /// interleave. Every await under it is bounded by the link's
-    /// `connect_timeout_ms`.
-    handlers: Mutex<HashMap<LinkKey, Deliveries>>,
+    /// Held across a handler link's start, so that changes to handler links
+    /// never interleave. Every await under it is bounded by the link's
+    /// `connect_timeout_ms`; health does not take it.
+    link_changes: tokio::sync::Mutex<()>,
+    /// The running handler links; this lock is never held across an await.
+    handlers: RwLock<HashMap<LinkKey, RunningHandler>>,
     consumers: RwLock<HashMap<LinkKey, Arc<ConsumerLink>>>,
+    /// Why the last put of a link was refused, until it is deleted or put
+    /// again with settings that work: health says so.
+    rejected: RwLock<HashMap<(&'static str, LinkKey), String>>,
     /// Cancelled once the host's shutdown call has drained everything.
     host_shutdown_done: CancellationToken,
+}
+
+/// A running handler link and the settings it runs with.
+struct RunningHandler {
+    settings: LinkSettings,
+    link: HandlerLink,
 }
 
 /// The longest shutdown waits for links to drain and connections to close:
 /// the largest accepted `drain_timeout_ms`, then the close of connections.
 const SHUTDOWN_TIMEOUT: Duration = Duration::from_secs(65);
 
+/// Reads a std lock; the std locks here are never held across an await or
+/// a call that can panic, so a poisoned one still holds consistent data.
+fn read<T>(lock: &RwLock<T>) -> RwLockReadGuard<'_, T> {
+    lock.read().unwrap_or_else(PoisonError::into_inner)
+}
+
+/// Writes a std lock; see [`read`].
+fn write<T>(lock: &RwLock<T>) -> RwLockWriteGuard<'_, T> {
+    lock.write().unwrap_or_else(PoisonError::into_inner)
+}
+
 impl MessagingProvider {
     /// Stops every link: handler links drain (concurrently, each within its
     /// drain timeout), consumer links go, and connections close; returns
     /// once all of that is done or after [`SHUTDOWN_TIMEOUT`].
     pub async fn shutdown_now(&self) {
-        let handlers: Vec<_> = self.state.handlers.lock().await.drain().collect();
-        for (_, link) in handlers {
-            self.state.tasks.spawn(link.stop());
+        // After the link starts already asked for (each bounded by its
+        // connect timeout): one that finished after this would be left
+        // running.
+        let changes = self.state.link_changes.lock().await;
+        let handlers: Vec<_> = write(&self.state.handlers).drain().collect();
+        for (_, running) in handlers {
+            self.state.tasks.spawn(running.link.stop());
         }
-        self.write_consumers().clear();
+        write(&self.state.consumers).clear();
+        // Link starts still queued see a closed tracker and do nothing.
         self.state.tasks.close();
+        drop(changes);
         if tokio::time::timeout(SHUTDOWN_TIMEOUT, self.state.tasks.wait())
             .await
             .is_err()
@@ -113,27 +165,10 @@ impl MessagingProvider {
         self.state.host_shutdown_done.cancelled().await;
     }
 
-    // The std locks below are never held across an await or a panic-prone
-    // call; a poisoned one still holds consistent data, so it is used as is.
-
-    fn defaults(&self) -> ProviderDefaults {
-        let defaults = self.state.defaults.read();
-        defaults.unwrap_or_else(PoisonError::into_inner).clone()
-    }
-
-    fn write_defaults(&self) -> RwLockWriteGuard<'_, ProviderDefaults> {
-        let defaults = self.state.defaults.write();
-        defaults.unwrap_or_else(PoisonError::into_inner)
-    }
-
-    fn read_consumers(&self) -> RwLockReadGuard<'_, HashMap<LinkKey, Arc<ConsumerLink>>> {
-        let consumers = self.state.consumers.read();
-        consumers.unwrap_or_else(PoisonError::into_inner)
-    }
-
-    fn write_consumers(&self) -> RwLockWriteGuard<'_, HashMap<LinkKey, Arc<ConsumerLink>>> {
-        let consumers = self.state.consumers.write();
-        consumers.unwrap_or_else(PoisonError::into_inner)
+    /// The tracker that the provider's work runs on, for the invocations
+    /// of its export.
+    pub fn tasks(&self) -> &TaskTracker {
+        &self.state.tasks
     }
 
     /// Parses a link's settings, naming the link in the error.
@@ -143,7 +178,8 @@ impl MessagingProvider {
         link: &LinkConfig<'_>,
         key: &LinkKey,
     ) -> anyhow::Result<LinkSettings> {
-        self.defaults()
+        let defaults = read(&self.state.defaults).clone();
+        defaults
             .settings_for(role, link.config, link.secrets)
             .map_err(|err| anyhow!("link {key} rejected: {err}"))
     }
@@ -156,39 +192,92 @@ impl MessagingProvider {
             .filter(|id| !id.is_empty() && *id != "<unknown>")
             .ok_or("invocation carries no source component id; refused")?;
         let link_name = cx.map_or("default", Context::link_name);
-        let key = LinkKey {
-            component_id: component_id.to_string(),
-            link_name: link_name.to_string(),
-        };
-        self.read_consumers().get(&key).cloned().ok_or_else(|| {
-            format!(
-                "component {component_id:?} has no {WIT_NAMESPACE}:{WIT_PACKAGE}/consumer link \
-                 named {link_name:?} to this provider"
-            )
+        let key = LinkKey::new(component_id, link_name);
+        read(&self.state.consumers)
+            .get(&key)
+            .cloned()
+            .ok_or_else(|| {
+                format!(
+                    "component {component_id:?} has no {WIT_NAMESPACE}:{WIT_PACKAGE}/consumer \
+                     link named {link_name:?} to this provider"
+                )
+            })
+    }
+
+    /// Runs one call of the `consumer` export on the caller's link, with
+    /// the invocation's trace context, and records it in the link's metrics.
+    async fn on_consumer_link<T, F>(
+        &self,
+        cx: Option<Context>,
+        operation: Operation,
+        call: impl FnOnce(Arc<ConsumerLink>, Option<async_nats::HeaderMap>) -> F,
+    ) -> Result<T, String>
+    where
+        F: std::future::Future<Output = Result<T, ConsumerError>>,
+    {
+        let link = self.consumer_link(cx.as_ref())?;
+        let headers = trace_context::from_invocation(cx.as_ref())
+            .map_err(|reason| ConsumerError::InvalidHeader(reason).to_string())?;
+        let started = Instant::now();
+        let metrics = Arc::clone(&link);
+        let result = call(link, headers).await;
+        metrics
+            .metrics
+            .sent(operation, started.elapsed(), result.is_ok());
+        result.map_err(|err| {
+            debug!(error = %err, ?operation, "consumer call failed");
+            err.to_string()
         })
+    }
+
+    /// Takes a handler link put: its settings are checked now (a bad one
+    /// is refused at once), and the link starts on the task tracker, so
+    /// that the host's other calls (health above all) are not held up
+    /// while it waits on NATS. Starts and deletes of handler links run one
+    /// at a time, in the order the host sent them.
+    fn put_handler_link(&self, link: &LinkConfig<'_>) -> anyhow::Result<()> {
+        let key = LinkKey::handler(link);
+        check_interface(link, HANDLER)?;
+        let settings = self.link_settings(LinkRole::Handler, link, &key)?;
+        let handler = &settings.handler;
+        if handler.subscriptions.is_empty() && !handler.durable.is_enabled() {
+            warn!(link = %key, "handler link has no subscriptions and no stream; it will deliver nothing");
+        }
+        let this = self.clone();
+        self.state.tasks.spawn(async move {
+            let _changes = this.state.link_changes.lock().await;
+            if this.state.tasks.is_closed() {
+                return; // the provider is shutting down
+            }
+            let result = this.start_handler_link(&key, settings).await;
+            this.record_rejection(HANDLER, key, result);
+        });
+        Ok(())
     }
 
     /// Starts a handler link. A link that replaces another starts first; the
     /// old one drains in the background only once the new one runs, and
-    /// stays if the new one fails.
-    async fn start_handler_link(&self, link: LinkConfig<'_>) -> anyhow::Result<()> {
-        let key = LinkKey {
-            component_id: link.target_id.to_string(),
-            link_name: link.link_name.to_string(),
-        };
-        check_interface(&link, "handler")?;
-        let settings = self.link_settings(LinkRole::Handler, &link, &key)?;
-        if settings.handler.subscriptions.is_empty() && !settings.handler.durable.is_enabled() {
-            warn!(link = %key, "handler link has no subscriptions and no stream; it will deliver nothing");
+    /// stays if the new one fails. Every await here is bounded by the
+    /// link's `connect_timeout_ms`.
+    async fn start_handler_link(
+        &self,
+        key: &LinkKey,
+        settings: LinkSettings,
+    ) -> anyhow::Result<()> {
+        if read(&self.state.handlers)
+            .get(key)
+            .is_some_and(|running| running.settings == settings)
+        {
+            info!(link = %key, "handler link put again with the same settings; kept as it runs");
+            return Ok(());
         }
-
-        let mut handlers = self.state.handlers.lock().await;
+        let handler = &settings.handler;
+        let deadline = tokio::time::Instant::now() + settings.connection.connect_timeout;
         let connection = self.state.pool.acquire(&settings.connection).await?;
         // Subscribes on the lattice's NATS, which may be unreachable too.
-        let wrpc = tokio::time::timeout(
-            settings.connection.connect_timeout,
-            get_connection()
-                .get_wrpc_client_custom(&key.component_id, Some(settings.handler.handler_timeout)),
+        let wrpc = tokio::time::timeout_at(
+            deadline,
+            get_connection().get_wrpc_client_custom(&key.component_id, Some(handler.handler_timeout)),
         )
         .await
         .map_err(|_| anyhow!("link {key} rejected: the lattice's NATS did not take the wRPC client's subscription in time"))?
@@ -197,47 +286,66 @@ impl MessagingProvider {
             component_id: key.component_id.as_str().into(),
             link_name: key.link_name.as_str().into(),
             wrpc,
-            metrics: Arc::new(LinkMetrics::new(&key.component_id, &key.link_name)),
+            counters: Arc::new(LinkCounters::new(&key.component_id, &key.link_name)),
+            timeout: handler.handler_timeout,
         };
-        let subscriptions = settings
-            .handler
-            .subscriptions
-            .iter()
-            .map(ToString::to_string)
-            .collect::<Vec<_>>()
-            .join(",");
-        let durable = settings
-            .handler
-            .durable
-            .sources
-            .iter()
-            .map(|source| source.stream.as_str())
-            .collect::<Vec<_>>()
-            .join(",");
         let servers = connection.servers.clone();
-        let deliveries = Deliveries::start(
-            connection,
-            settings.handler,
-            settings.connection.connect_timeout,
-            target,
-        )
-        .await
-        .with_context(|| format!("link {key} rejected"))?;
-        info!(link = %key, subscriptions, streams = durable, servers, "handler link ready");
-        if let Some(old) = handlers.insert(key.clone(), deliveries) {
+        let link = HandlerLink::start(connection, handler, target, deadline, &self.state.tasks)
+            .await
+            .map_err(|err| anyhow!("link {key} rejected: {err}"))?;
+        let subscriptions = join(handler.subscriptions.iter().map(ToString::to_string));
+        let streams = join(handler.durable.sources.iter().map(|s| s.stream.clone()));
+        info!(link = %key, subscriptions, streams, servers, "handler link ready");
+        let replaced =
+            write(&self.state.handlers).insert(key.clone(), RunningHandler { settings, link });
+        if let Some(old) = replaced {
             info!(link = %key, "replaced handler link draining");
-            self.state.tasks.spawn(old.stop());
+            self.state.tasks.spawn(old.link.stop());
         }
         Ok(())
     }
 
-    async fn start_consumer_link(&self, link: LinkConfig<'_>) -> anyhow::Result<()> {
-        let key = LinkKey {
-            component_id: link.source_id.to_string(),
-            link_name: link.link_name.to_string(),
+    /// Keeps why a link put was refused, for health, and logs it (the SDK
+    /// only logs that it failed); a link taken clears what was kept.
+    fn record_rejection(&self, kind: &'static str, key: LinkKey, result: anyhow::Result<()>) {
+        let mut rejected = write(&self.state.rejected);
+        match result {
+            Ok(()) => {
+                rejected.remove(&(kind, key));
+            }
+            Err(err) => {
+                let reason = format!("{err:#}");
+                error!(error = %reason, "link rejected");
+                rejected.insert((kind, key), reason);
+            }
+        }
+    }
+
+    /// Settles a link put the provider answered: a refusal is kept for
+    /// health; a link taken is forgotten in the SDK's own table (see
+    /// [`forget_in_sdk`]).
+    fn settle_link_put(
+        &self,
+        kind: &'static str,
+        key: LinkKey,
+        link: &LinkConfig<'_>,
+        result: anyhow::Result<()>,
+    ) -> anyhow::Result<()> {
+        let reply = match &result {
+            Ok(()) => {
+                forget_in_sdk(&self.state.tasks, link.source_id, link.target_id);
+                Ok(())
+            }
+            Err(err) => Err(anyhow!("{err:#}")),
         };
-        check_interface(&link, "consumer")?;
-        let settings = self.link_settings(LinkRole::Consumer, &link, &key)?;
+        self.record_rejection(kind, key, result);
+        reply
+    }
+
+    async fn start_consumer_link(&self, link: &LinkConfig<'_>) -> anyhow::Result<()> {
+        let key = LinkKey::consumer(link);
+        check_interface(link, CONSUMER)?;
+        let settings = self.link_settings(LinkRole::Consumer, link, &key)?;
         let connection = self.state.pool.acquire(&settings.connection).await?;
         let servers = connection.servers.clone();
         let consumer = Arc::new(ConsumerLink {
@@ -246,10 +354,14 @@ impl MessagingProvider {
             metrics: LinkMetrics::new(&key.component_id, &key.link_name),
         });
         // The replaced link's connection lease goes with it.
-        self.write_consumers().insert(key.clone(), consumer);
+        write(&self.state.consumers).insert(key.clone(), consumer);
         info!(link = %key, servers, "consumer link ready");
         Ok(())
     }
+}
+
+fn join(items: impl Iterator<Item = String>) -> String {
+    items.collect::<Vec<_>>().join(",")
 }
 
 /// Refuses a link that is not for `wasmcloud:messaging/<interface>`.
@@ -270,23 +382,30 @@ fn check_interface(link: &LinkConfig<'_>, interface: &str) -> anyhow::Result<()>
     Ok(())
 }
 
-/// A link's connection problem, for health.
-fn connection_problem(kind: &str, key: &LinkKey, connection: &NatsConnection) -> Option<String> {
+/// A consumer link's connection problem, for health.
+fn connection_problem(key: &LinkKey, connection: &NatsConnection) -> Option<String> {
     (!connection.is_connected()).then(|| {
         format!(
-            "{kind} link {key}: NATS at {} is {}",
+            "consumer link {key}: NATS at {} is {}",
             connection.servers,
             connection.state()
         )
     })
 }
 
-/// Logs a rejected link with its reason; the SDK only logs that it failed.
-fn log_rejection(result: anyhow::Result<()>) -> anyhow::Result<()> {
-    if let Err(err) = &result {
-        error!(error = %format!("{err:#}"), "link rejected");
-    }
-    result
+/// The SDK ignores a link put whose source, target, interface and name it
+/// has seen before, even when the link's config changed (`wash link put`
+/// again, wadm linking with renamed config). Once the SDK has recorded a
+/// link the provider took, it is removed from the SDK's table again, so
+/// that every put reaches the provider, which compares settings itself.
+/// The SDK records the link right after the provider's call returns,
+/// without yielding; this task runs after that.
+fn forget_in_sdk(tasks: &TaskTracker, source_id: &str, target_id: &str) {
+    let (source_id, target_id) = (source_id.to_string(), target_id.to_string());
+    tasks.spawn(async move {
+        tokio::task::yield_now().await;
+        get_connection().delete_link(&source_id, &target_id).await;
+    });
 }
 
 impl Provider for MessagingProvider {
@@ -298,12 +417,12 @@ impl Provider for MessagingProvider {
         if let Err(err) = defaults.check() {
             error!(error = %err, "provider config is invalid; links that do not override it will be rejected");
         }
-        *self.write_defaults() = defaults;
+        *write(&self.state.defaults) = defaults;
         Ok(())
     }
 
     async fn on_config_update(&self, update: impl ProviderConfigUpdate) -> anyhow::Result<()> {
-        let mut defaults = self.write_defaults();
+        let mut defaults = write(&self.state.defaults);
         // Secrets are not part of an update: the provider's secrets stay.
         defaults.update_config(update.get_values());
         if let Err(err) = defaults.check() {
@@ -315,64 +434,63 @@ impl Provider for MessagingProvider {
     }
 
     async fn receive_link_config_as_source(&self, link: LinkConfig<'_>) -> anyhow::Result<()> {
-        log_rejection(self.start_handler_link(link).await)
+        let result = self.put_handler_link(&link);
+        self.settle_link_put(HANDLER, LinkKey::handler(&link), &link, result)
     }
 
     async fn receive_link_config_as_target(&self, link: LinkConfig<'_>) -> anyhow::Result<()> {
-        log_rejection(self.start_consumer_link(link).await)
+        let result = self.start_consumer_link(&link).await;
+        self.settle_link_put(CONSUMER, LinkKey::consumer(&link), &link, result)
     }
 
     async fn delete_link_as_source(&self, info: impl LinkDeleteInfo) -> anyhow::Result<()> {
-        let key = LinkKey {
-            component_id: info.get_target_id().to_string(),
-            link_name: info.get_link_name().to_string(),
-        };
-        let removed = self.state.handlers.lock().await.remove(&key);
-        if let Some(link) = removed {
-            // Drains in the background: the host's other calls are not held
-            // up for up to the link's drain timeout.
-            self.state.tasks.spawn(link.stop());
-            info!(link = %key, "handler link deleted");
-        }
+        let key = LinkKey::new(info.get_target_id(), info.get_link_name());
+        // After any start of the link the host sent before (one still
+        // waiting on NATS would put the link back). The host is answered at
+        // once; the link drains in the background.
+        let this = self.clone();
+        self.state.tasks.spawn(async move {
+            let changes = this.state.link_changes.lock().await;
+            write(&this.state.rejected).remove(&(HANDLER, key.clone()));
+            let removed = write(&this.state.handlers).remove(&key);
+            drop(changes);
+            if let Some(running) = removed {
+                info!(link = %key, "handler link deleted");
+                running.link.stop().await;
+            }
+        });
         Ok(())
     }
 
     async fn delete_link_as_target(&self, info: impl LinkDeleteInfo) -> anyhow::Result<()> {
-        let key = LinkKey {
-            component_id: info.get_source_id().to_string(),
-            link_name: info.get_link_name().to_string(),
-        };
-        if self.write_consumers().remove(&key).is_some() {
+        let key = LinkKey::new(info.get_source_id(), info.get_link_name());
+        write(&self.state.rejected).remove(&(CONSUMER, key.clone()));
+        if write(&self.state.consumers).remove(&key).is_some() {
             info!(link = %key, "consumer link deleted");
         }
         Ok(())
     }
 
-    /// Reads state only; never waits on a NATS server.
+    /// Reads state only, under locks never held across an await: it never
+    /// waits on a NATS server, nor on a link put that does.
     async fn health_request(&self, _: &HealthCheckRequest) -> anyhow::Result<HealthCheckResponse> {
-        let handlers = self.state.handlers.lock().await;
-        let consumers = self.read_consumers();
-        let mut problems = Vec::new();
-        for (key, link) in handlers.iter() {
-            problems.extend(connection_problem("handler", key, &link.connection));
-            let subjects = link.subscriptions.iter().map(|s| s.subject.as_str());
-            for subject in link.connection.refused(subjects) {
-                problems.push(format!(
-                    "handler link {key}: NATS server refused the subscription to {subject:?} \
-                     (permissions violation)"
-                ));
-            }
-            for problem in link.status.problems() {
-                problems.push(format!("handler link {key}: {problem}"));
-            }
-            if !link.status.subscribed.load(Ordering::Relaxed) {
-                problems.push(format!(
-                    "handler link {key}: no open subscription (waiting for a new NATS connection)"
-                ));
-            }
+        let handlers = read(&self.state.handlers);
+        let consumers = read(&self.state.consumers);
+        let mut problems: Vec<String> = read(&self.state.rejected)
+            .iter()
+            .map(|((kind, _), reason)| format!("{kind} {reason}"))
+            .collect();
+        for (key, running) in handlers.iter() {
+            problems.extend(
+                running
+                    .link
+                    .problems()
+                    .into_iter()
+                    .map(|problem| format!("handler link {key}: {problem}")),
+            );
         }
         for (key, link) in consumers.iter() {
-            problems.extend(connection_problem("consumer", key, &link.connection));
+            problems.extend(connection_problem(key, &link.connection));
         }
         let counts = format!(
             "{} handler links, {} consumer links",
@@ -406,22 +524,11 @@ impl consumer::Handler<Option<Context>> for MessagingProvider {
         cx: Option<Context>,
         msg: BrokerMessage,
     ) -> anyhow::Result<Result<(), String>> {
-        let link = match self.consumer_link(cx.as_ref()) {
-            Ok(link) => link,
-            Err(refusal) => return Ok(Err(refusal)),
-        };
-        let headers = match trace_context::from_invocation(cx.as_ref()) {
-            Ok(headers) => headers,
-            Err(reason) => return Ok(Err(ConsumerError::InvalidHeader(reason).to_string())),
-        };
-        let started = std::time::Instant::now();
-        let result = link.publish(msg, headers).await;
-        link.metrics
-            .sent(Operation::Publish, started.elapsed(), result.is_ok());
-        Ok(result.map_err(|err| {
-            debug!(error = %err, "publish failed");
-            err.to_string()
-        }))
+        Ok(self
+            .on_consumer_link(cx, Operation::Publish, |link, headers| async move {
+                link.publish(msg, headers).await
+            })
+            .await)
     }
 
     async fn request(
@@ -431,21 +538,10 @@ impl consumer::Handler<Option<Context>> for MessagingProvider {
         body: Bytes,
         timeout_ms: u32,
     ) -> anyhow::Result<Result<BrokerMessage, String>> {
-        let link = match self.consumer_link(cx.as_ref()) {
-            Ok(link) => link,
-            Err(refusal) => return Ok(Err(refusal)),
-        };
-        let headers = match trace_context::from_invocation(cx.as_ref()) {
-            Ok(headers) => headers,
-            Err(reason) => return Ok(Err(ConsumerError::InvalidHeader(reason).to_string())),
-        };
-        let started = std::time::Instant::now();
-        let result = link.request(subject, body, timeout_ms, headers).await;
-        link.metrics
-            .sent(Operation::Request, started.elapsed(), result.is_ok());
-        Ok(result.map_err(|err| {
-            debug!(error = %err, "request failed");
-            err.to_string()
-        }))
+        Ok(self
+            .on_consumer_link(cx, Operation::Request, |link, headers| async move {
+                link.request(subject, body, timeout_ms, headers).await
+            })
+            .await)
     }
 }

@@ -13,7 +13,7 @@ use wit_parser::Resolve;
 /// Config keys the provider accepts, from the provider crate itself.
 /// Every config key the provider accepts.
 pub fn accepted_config_keys() -> Vec<&'static str> {
-    messaging_nats::config::known_keys().collect()
+    messaging_nats::known_keys().collect()
 }
 
 /// Interfaces defined by the WIT under `wit_dir`, as `namespace:package/name`

@@ -290,14 +290,19 @@ async fn drain_timeout_aborts_deliveries_that_outlast_it() {
     provider.delete_link(&link).await;
 
     // The delete is answered at once; the drain ends in the background.
-    provider
+    let stopped = provider
         .logs
-        .wait_for(0, "the drain timing out", |l| l.contains("were aborted"))
+        .wait_for(0, "the link's stop", |l| l.contains("handler link stopped"))
         .await;
-    let aborted = provider
-        .logs
-        .count(|l| l.contains("were aborted") && l.contains("aborted=1"));
-    assert_eq!(aborted, 1);
+    assert!(stopped.contains("delivered 0,"), "{stopped}");
+    assert!(stopped.contains("aborted 1,"), "{stopped}");
+    assert_eq!(
+        provider
+            .logs
+            .count(|l| l.contains("are aborted") && l.contains("running=1")),
+        1,
+        "the drain timeout is logged once, with the calls it aborts"
+    );
 }
 
 #[tokio::test]

@@ -180,7 +180,7 @@ async fn failed_message_is_retried_after_the_backoff_delays() {
         "second retry after {second_gap:?}"
     );
     assert!(first_gap < Duration::from_secs(10) && second_gap < Duration::from_secs(10));
-    let name = messaging_nats::config::default_durable_name("worker", "default");
+    let name = messaging_nats::default_durable_name("worker", "default");
     let info = wait_until_settled(&js, "JOBS", &name).await;
     assert_eq!(
         info.ack_floor.stream_sequence, 1,
@@ -400,7 +400,7 @@ async fn every_message_is_handled_at_least_once_when_the_provider_is_killed_mid_
         };
         *seen.entry(got.message.body).or_default() += 1;
     }
-    let name = messaging_nats::config::default_durable_name("worker", "default");
+    let name = messaging_nats::default_durable_name("worker", "default");
     wait_until_settled(&js, "WORK", &name).await;
     // Late redeliveries still on their way count as duplicates too.
     while let Ok(Some(got)) =

@@ -9,6 +9,7 @@ mod delivery;
 mod durable;
 mod faults;
 mod lifecycle;
+mod link;
 mod memory;
 mod metrics;
 mod publish;

@@ -341,6 +341,18 @@ impl Provider {
     /// Puts a link and waits until the provider has taken it (or refused it).
     pub async fn put_link(&self, link: &Link) -> String {
         let from = self.logs.line_count();
+        self.send_link_put(link).await;
+        let marker = format!("link={}/{}", link.component, link.name);
+        self.logs
+            .wait_for(from, "confirming the link", |line| {
+                (line.contains("link ready") && line.contains(&marker))
+                    || line.contains("link rejected")
+            })
+            .await
+    }
+
+    /// Sends a link put as the host does, without waiting for the provider.
+    pub async fn send_link_put(&self, link: &Link) {
         let ld = link.definition(self);
         let subject = format!(
             "wasmbus.rpc.{}.{}.linkdefs.put",
@@ -350,13 +362,6 @@ impl Provider {
             .publish(subject, serde_json::to_vec(&ld).expect("link json").into())
             .await
             .expect("publish link put");
-        let marker = format!("link={}/{}", link.component, link.name);
-        self.logs
-            .wait_for(from, "confirming the link", |line| {
-                (line.contains("link ready") && line.contains(&marker))
-                    || line.contains("link rejected")
-            })
-            .await
     }
 
     /// Deletes a link and waits until the provider has handled it.

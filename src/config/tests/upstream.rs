@@ -5,7 +5,6 @@
 
 use std::collections::HashMap;
 
-use super::tests::map;
 use super::*;
 
 /// A handler link's settings from `link`, over provider config `provider`.
@@ -45,7 +44,7 @@ fn readme_link_config_with_upper_case_keys() {
         subjects(&settings),
         ["example.actor", "example.task|work_queue"]
     );
-    assert_eq!(settings.connection.servers, ["0.0.0.0:4222"]);
+    assert_eq!(servers(&settings), ["nats://0.0.0.0:4222"]);
 }
 
 /// `examples/rust/components/echo-messaging/wadm.yaml`: `subscriptions` on
@@ -66,7 +65,7 @@ fn echo_messaging_manifest_links() {
         ],
     );
     assert_eq!(subjects(&source), ["wasmcloud.echo"]);
-    assert_eq!(source.connection.servers.len(), 2);
+    assert_eq!(servers(&source).len(), 2);
 }
 
 /// The same manifests' commented-out provider config: the OpenTelemetry
@@ -125,7 +124,7 @@ fn interfaces_test_consumer_link_config() {
             ("subscriptions", "interfaces-handler"),
         ],
     );
-    assert_eq!(settings.connection.servers, ["nats://127.0.0.1:4222"]);
+    assert_eq!(servers(&settings), ["nats://127.0.0.1:4222"]);
 }
 
 /// `crates/provider-messaging-nats/src/lib.rs` unit tests: inbox prefixes
@@ -150,9 +149,12 @@ fn unit_test_inbox_prefixes() {
 #[test]
 fn unit_test_server_lists() {
     let settings = handler(&[], &[("cluster_uris", "server1,server2")]);
-    assert_eq!(settings.connection.servers, ["server1", "server2"]);
+    assert_eq!(
+        servers(&settings),
+        ["nats://server1:4222", "nats://server2:4222"]
+    );
     let settings = handler(&[], &[("cluster_uris", "nats://soyvuh")]);
-    assert_eq!(settings.connection.servers, ["nats://soyvuh"]);
+    assert_eq!(servers(&settings), ["nats://soyvuh:4222"]);
 }
 
 /// The v1 host's built-in messaging: `consumers` binding existing

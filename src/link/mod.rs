@@ -1,0 +1,210 @@
+//! One handler link: the engine that owns the link's bound, its drain and
+//! its counters, and the sources that feed it.
+//!
+//! A link's sources are its core subscriptions ([`core`]) and each of its
+//! JetStream consumers ([`durable`]). Each runs as a task of its own and
+//! starts a delivery ([`invoke`]) for every message it gets a slot for; the
+//! slots ([`slots`]) are the link's `max_in_flight`, shared by all of its
+//! sources and handed out in turn. Stopping the link ([`drain`]) tells every
+//! source at once, waits once for the link's `drain_timeout_ms`, then
+//! aborts what still runs. Everything is counted in one [`LinkCounters`].
+
+mod core;
+mod counters;
+mod drain;
+mod durable;
+mod invoke;
+mod slots;
+
+use std::sync::Arc;
+use std::time::Duration;
+
+use tokio::task::JoinHandle;
+use tokio::time::Instant;
+use tokio_util::task::TaskTracker;
+use tracing::{info, warn, Instrument as _};
+
+pub(crate) use self::counters::LinkCounters;
+pub(crate) use self::invoke::Target;
+
+use self::core::CoreSource;
+use self::drain::Drain;
+use self::durable::{DurableSource, ACK_TIMEOUT};
+use self::slots::Slots;
+use crate::config::HandlerSettings;
+use crate::connection::Lease;
+
+/// How long an aborted link waits for its sources to settle: a durable
+/// source naks what it still holds, each nak bounded by [`ACK_TIMEOUT`].
+const ABORT_GRACE: Duration = ACK_TIMEOUT.saturating_add(Duration::from_secs(1));
+
+/// A running handler link. Dropping it without [`stop`](Self::stop) aborts
+/// its sources without draining.
+pub(crate) struct HandlerLink {
+    drain: Drain,
+    sources: Vec<JoinHandle<()>>,
+    drain_timeout: Duration,
+    counters: Arc<LinkCounters>,
+    connection: Lease,
+    /// The subjects of the link's subscriptions, for health.
+    subjects: Vec<String>,
+}
+
+impl HandlerLink {
+    /// Starts the link's sources: subscribes to every entry of
+    /// `settings.subscriptions` (confirmed by a server round trip) and
+    /// binds its durable consumers, all by `deadline`, so that a message
+    /// published after this returns is delivered. An unreachable server is
+    /// not an error: the link starts and subscribes once connected; health
+    /// says so meanwhile.
+    pub(crate) async fn start(
+        connection: Lease,
+        settings: &HandlerSettings,
+        target: Target,
+        deadline: Instant,
+        tasks: &TaskTracker,
+    ) -> Result<Self, String> {
+        let link = format!("{}/{}", target.component_id, target.link_name);
+        let drain = Drain::default();
+        // A link that only consumes streams has no subscription source.
+        let core = match settings.subscriptions.as_slice() {
+            [] => None,
+            subscriptions => Some(
+                CoreSource::subscribe(
+                    &connection,
+                    subscriptions,
+                    &link,
+                    settings.drain_timeout,
+                    deadline,
+                )
+                .await?,
+            ),
+        };
+        let policy = Arc::new(settings.durable.clone());
+        if !settings.durable.sources.is_empty() && !connection.is_connected() {
+            // A new connection may still be on its way; a round trip waits
+            // for it (by the deadline: a server that is down is not waited
+            // for).
+            let _ = tokio::time::timeout_at(deadline, connection.round_trip()).await;
+        }
+        let mut durables = Vec::with_capacity(settings.durable.sources.len());
+        for source in &settings.durable.sources {
+            durables.push(
+                DurableSource::bind_at_start(
+                    &connection,
+                    source,
+                    &policy,
+                    &target,
+                    &drain,
+                    deadline,
+                )
+                .await,
+            );
+        }
+
+        let slots = Slots::new(
+            settings.max_in_flight,
+            usize::from(core.is_some()) + durables.len(),
+        );
+        let span = || {
+            tracing::info_span!(
+                "handler_link",
+                component = %target.component_id,
+                link_name = %target.link_name
+            )
+        };
+        let mut sources = Vec::with_capacity(durables.len() + 1);
+        if let Some(core) = core {
+            let run = core.run(target.clone(), slots.queue(), drain.clone(), tasks.clone());
+            sources.push(tasks.spawn(run.instrument(span())));
+        }
+        for durable in durables {
+            let span = tracing::info_span!(parent: &span(), "durable", consumer = durable.label());
+            sources.push(tasks.spawn(durable.run(slots.queue(), tasks.clone()).instrument(span)));
+        }
+        Ok(Self {
+            drain,
+            sources,
+            drain_timeout: settings.drain_timeout,
+            counters: Arc::clone(&target.counters),
+            connection,
+            subjects: settings
+                .subscriptions
+                .iter()
+                .map(|s| s.subject.clone())
+                .collect(),
+        })
+    }
+
+    /// Why the link does not deliver now, for health: its connection, any
+    /// subscription the server refused, and what its sources report.
+    pub(crate) fn problems(&self) -> Vec<String> {
+        let mut problems = Vec::new();
+        if !self.connection.is_connected() {
+            problems.push(format!(
+                "NATS at {} is {}",
+                self.connection.servers,
+                self.connection.state()
+            ));
+        }
+        for subject in self
+            .connection
+            .refused(self.subjects.iter().map(String::as_str))
+        {
+            problems.push(format!(
+                "NATS server refused the subscription to {subject:?} (permissions violation)"
+            ));
+        }
+        problems.extend(self.counters.problems());
+        problems
+    }
+
+    /// Drains the link: every source stops taking messages and finishes
+    /// what it has; once the link's `drain_timeout_ms` is up, what still
+    /// runs is aborted (and a durable source's messages nak'd). Resolves
+    /// once every source has ended.
+    pub(crate) async fn stop(mut self) {
+        self.drain.stop();
+        let deadline = Instant::now() + self.drain_timeout;
+        let mut sources = std::mem::take(&mut self.sources);
+        if tokio::time::timeout_at(deadline, wait_all(&mut sources))
+            .await
+            .is_err()
+        {
+            warn!(
+                running = self.counters.in_flight(),
+                drain_timeout_ms = self.drain_timeout.as_millis() as u64,
+                "deliveries still running after the drain timeout are aborted"
+            );
+            self.drain.abort();
+            if tokio::time::timeout(ABORT_GRACE, wait_all(&mut sources))
+                .await
+                .is_err()
+            {
+                warn!("sources of the link did not settle after the abort; ending them");
+                for source in &sources {
+                    source.abort();
+                }
+            }
+        }
+        info!(stats = self.counters.summary(), "handler link stopped");
+    }
+}
+
+/// Waits for every task in `tasks`, removing each as it ends.
+async fn wait_all(tasks: &mut Vec<JoinHandle<()>>) {
+    while let Some(task) = tasks.last_mut() {
+        if let Err(err) = task.await {
+            warn!(%err, "a source of the link ended abnormally");
+        }
+        tasks.pop();
+    }
+}
+
+impl Drop for HandlerLink {
+    fn drop(&mut self) {
+        for source in &self.sources {
+            source.abort();
+        }
+    }
+}
