@@ -369,6 +369,14 @@ key_table! {
         table: Table::Links,
         doc: "subject patterns the component may not send to; deny wins over allow. Setting it replaces the default; `none` denies nothing",
     };
+    JETSTREAM_PUBLISH = Key {
+        name: "jetstream_publish",
+        links: Links::Consumer,
+        kind: Kind::Plain,
+        form: Form::Text { default: "none" },
+        table: Table::Links,
+        doc: "comma-separated subject patterns whose publishes go through JetStream: `publish` returns `Ok` only once a stream has stored the message, with a `Nats-Msg-Id` the provider makes, so that one sent again after a lost acknowledgement (within `publish_timeout_ms`) is stored once; a `reply-to` is refused there (a stream keeps none). Other subjects stay core publishes",
+    };
     STREAM = Key {
         name: "stream",
         links: Links::Handler,

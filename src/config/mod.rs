@@ -390,6 +390,8 @@ pub(crate) struct ConsumerSettings {
     pub(crate) default_request_timeout: Duration,
     pub(crate) max_request_timeout: Duration,
     pub(crate) access: SubjectAccess,
+    /// Subjects published through JetStream, confirmed by a stream.
+    pub(crate) jetstream: Vec<SubjectPattern>,
 }
 
 impl ConsumerSettings {
@@ -409,6 +411,11 @@ impl ConsumerSettings {
                     None => parse_patterns(&keys::PUBLISH_DENY, DEFAULT_PUBLISH_DENY)?,
                 },
             },
+            jetstream: values
+                .get(&keys::JETSTREAM_PUBLISH)
+                .map(|value| parse_patterns(&keys::JETSTREAM_PUBLISH, value))
+                .transpose()?
+                .unwrap_or_default(),
         };
         if settings.default_request_timeout > settings.max_request_timeout {
             return Err(ConfigError::new(

@@ -35,7 +35,7 @@ use async_nats::jetstream::stream;
 use async_nats::jetstream::{self, AckKind, ErrorCode};
 use async_nats::HeaderMap;
 use futures::stream::FuturesUnordered;
-use futures::StreamExt as _;
+use futures::{FutureExt as _, StreamExt as _};
 use tokio::time::Instant;
 use tokio_util::task::TaskTracker;
 use tracing::{debug, error, info, warn, Instrument as _};
@@ -58,6 +58,9 @@ const API_TIMEOUT: Duration = Duration::from_secs(5);
 /// Bound on handing an ack to the client: while disconnected its command
 /// queue can be full. An ack that does not go out means a redelivery.
 pub(crate) const ACK_TIMEOUT: Duration = Duration::from_secs(2);
+/// How long a stopped source waits for messages its open fetch may still
+/// bring (see [`nak_the_rest`]).
+const STRAGGLER_WAIT: Duration = Duration::from_millis(500);
 /// Pause before binding again after a failure (missing stream or consumer,
 /// no JetStream, server unreachable).
 const RETRY_DELAY: Duration = Duration::from_secs(2);
@@ -336,11 +339,18 @@ impl DurableSource {
                     // Fetched messages not delivered are nak'd, so that
                     // another instance gets them now; so is what the open
                     // fetch still brings, in the background.
+                    let open = batch.take().map(|mut open| {
+                        while let Some(Some(Ok(msg))) = open.next().now_or_never() {
+                            waiting.push_back(msg);
+                        }
+                        open
+                    });
                     for msg in waiting.drain(..) {
                         nak(&msg, None).await;
                     }
-                    if let Some(open) = batch.take() {
-                        tasks.spawn(nak_the_rest(open).in_current_span());
+                    if let Some(open) = open {
+                        let rest = nak_the_rest(open, self.connection.clone());
+                        tasks.spawn(rest.in_current_span());
                     }
                 }
                 () = sleep_until(retry_at), if retry_at.is_some() && !stopping => {
@@ -586,21 +596,17 @@ fn consumer_config(name: &str, managed: &ManagedConsumer) -> pull::Config {
     }
 }
 
-/// Naks every message a fetch still brings after its link stopped, until
-/// the fetch ends (it has all it asked for, or it expires on the server):
-/// otherwise they would wait out their ack wait before anyone else got
-/// them.
-async fn nak_the_rest(mut batch: Batch) {
-    let bound = FETCH_EXPIRY + API_TIMEOUT;
-    let rest = async {
-        while let Some(next) = batch.next().await {
-            if let Ok(msg) = next {
-                nak(&msg, None).await;
-            }
+/// Naks what an open fetch still brings after its link stopped (messages
+/// the server sent before it saw the link go): otherwise they would wait
+/// out their ack wait before anyone else got them. Such messages are on
+/// the wire already, so the fetch is given up after [`STRAGGLER_WAIT`]
+/// without one. Holds a lease, so that the connection stays open for the
+/// naks.
+async fn nak_the_rest(mut batch: Batch, _connection: Lease) {
+    while let Ok(Some(next)) = tokio::time::timeout(STRAGGLER_WAIT, batch.next()).await {
+        if let Ok(msg) = next {
+            nak(&msg, None).await;
         }
-    };
-    if tokio::time::timeout(bound, rest).await.is_err() {
-        debug!("fetch still open after its expiry; left to the server");
     }
 }
 

@@ -5,6 +5,7 @@ mod support;
 
 mod auth;
 mod config;
+mod confirmed;
 mod delivery;
 mod durable;
 mod faults;

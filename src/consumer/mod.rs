@@ -1,5 +1,9 @@
 //! The consumer path: `publish` and `request` calls from a component, sent
-//! on the NATS connection of that component's consumer link.
+//! on the NATS connection of that component's consumer link; publishes to
+//! the link's `jetstream_publish` subjects are confirmed by a stream
+//! ([`confirmed`]).
+
+mod confirmed;
 
 use std::fmt;
 use std::time::Duration;
@@ -63,6 +67,29 @@ pub(crate) enum ConsumerError {
         subject: String,
         source: async_nats::Error,
     },
+    /// A `jetstream_publish` subject that no stream stores.
+    NoStream {
+        subject: String,
+    },
+    /// A stream answered and did not store the message.
+    Refused {
+        subject: String,
+        reason: String,
+    },
+    /// Sent through JetStream, and no acknowledgement came in time.
+    NotAcknowledged {
+        subject: String,
+        waited: Duration,
+    },
+    /// No stream answered while JetStream was unavailable.
+    JetStreamUnavailable {
+        subject: String,
+        waited: Duration,
+    },
+    /// A reply subject on a JetStream publish, which no stream keeps.
+    ReplyToThroughJetStream {
+        subject: String,
+    },
 }
 
 impl fmt::Display for ConsumerError {
@@ -118,6 +145,31 @@ impl fmt::Display for ConsumerError {
                 write!(f, "no responders for request on {subject:?}")
             }
             Self::Nats { subject, source } => write!(f, "NATS error on {subject:?}: {source}"),
+            Self::NoStream { subject } => write!(
+                f,
+                "publish to {subject:?} not stored: no JetStream stream stores this subject \
+                 (it is one of the link's jetstream_publish subjects)"
+            ),
+            Self::Refused { subject, reason } => write!(
+                f,
+                "publish to {subject:?} not stored: the stream refused it: {reason}"
+            ),
+            Self::NotAcknowledged { subject, waited } => write!(
+                f,
+                "publish to {subject:?} not acknowledged by JetStream within {} ms; it may \
+                 still have been stored (a publish of your own is a new message, stored again)",
+                waited.as_millis()
+            ),
+            Self::JetStreamUnavailable { subject, waited } => write!(
+                f,
+                "publish to {subject:?} not stored: JetStream did not answer within {} ms",
+                waited.as_millis()
+            ),
+            Self::ReplyToThroughJetStream { subject } => write!(
+                f,
+                "publish to {subject:?} refused: it goes through JetStream (jetstream_publish), \
+                 where a reply-to subject is not kept"
+            ),
         }
     }
 }
@@ -151,6 +203,14 @@ impl ConsumerLink {
             self.check_subject("reply-to subject", reply_to)?;
         }
         self.check_size(&body, headers.as_ref())?;
+        if self.settings.jetstream.iter().any(|p| p.matches(&subject)) {
+            if reply_to.is_some() {
+                return Err(ConsumerError::ReplyToThroughJetStream { subject });
+            }
+            trace!(subject, bytes = body.len(), "publishing through JetStream");
+            let timeout = self.settings.publish_timeout;
+            return confirmed::publish(&self.connection, subject, body, headers, timeout).await;
+        }
         trace!(subject, bytes = body.len(), "publishing");
 
         let client = self.connection.client();
