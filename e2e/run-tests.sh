@@ -7,6 +7,11 @@ trap 'rc=$?; echo "$(basename "$0"): failed (exit $rc) at line $LINENO: $BASH_CO
 
 e2e="$(cd "$(dirname "${BASH_SOURCE[0]}")" && pwd)"
 "$e2e/build.sh"
+# wadm needs nats-server 2.10 or later, and the wash tests run wash:
+# scripts/tools installs both when missing (scripts/test sets them already).
+NATS_SERVER_BIN="${NATS_SERVER_BIN:-$("$e2e/../scripts/tools" nats-server)}"
+WASH_BIN="${WASH_BIN:-$("$e2e/../scripts/tools" wash)}"
+export NATS_SERVER_BIN WASH_BIN
 cd "$e2e"
 # A fresh temp dir per run: the host caches provider executables there.
 TMPDIR="$(mktemp -d -t messaging-nats-e2e.XXXXXX)"

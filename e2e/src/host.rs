@@ -266,6 +266,15 @@ impl Host {
         succeeded(response, "delete link")
     }
 
+    /// The links the lattice holds.
+    pub async fn links(&self) -> Result<Vec<Link>> {
+        let response = self.ctl.get_links().await.map_err(|e| anyhow!(e))?;
+        if !response.succeeded() {
+            bail!("get links failed: {}", response.message());
+        }
+        Ok(response.into_data().unwrap_or_default())
+    }
+
     /// What the host runs now.
     pub async fn inventory(&self) -> Result<HostInventory> {
         let response = self

@@ -10,6 +10,9 @@ pub mod host;
 pub mod manifest;
 pub mod nats;
 pub mod paths;
+pub mod readme;
+pub mod wadm;
+pub mod wash;
 
 pub use archive::build_provider_archive;
 pub use host::Host;

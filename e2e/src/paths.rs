@@ -27,6 +27,12 @@ fn target_dir(crate_dir: &Path) -> PathBuf {
     }
 }
 
+/// The cargo target dir of the provider's workspace, where a `wash build`
+/// in a copy of the repository finds its dependencies already built.
+pub fn provider_target_dir() -> PathBuf {
+    target_dir(&repo_root())
+}
+
 /// The release build of the provider (`cargo build --release --bin messaging-nats`).
 pub fn provider_bin() -> Result<PathBuf> {
     existing(

@@ -186,3 +186,54 @@ async fn provider_config_update_applies_to_links_put_afterwards() {
 
     assert_eq!(provider_connections(&data), 1);
 }
+
+/// `wash link put` again with other config: the host replaces the link in
+/// place and sends the provider a put for the same link (the SDK on its
+/// own would ignore it as a duplicate).
+#[tokio::test]
+async fn a_link_put_again_with_new_config_replaces_the_running_link() {
+    let lattice = Lattice::start().await;
+    let provider = lattice.provider(&[]).await;
+    let mut component = lattice.component("c", Behaviour::default()).await;
+    provider
+        .put_link(&Link::handler("c", &[("subscriptions", "first")]))
+        .await;
+
+    let line = provider
+        .put_link(&Link::handler("c", &[("subscriptions", "second")]))
+        .await;
+    lattice
+        .client
+        .publish("second", "new".into())
+        .await
+        .unwrap();
+    let delivered = component.next().await;
+
+    assert!(line.contains(r#"subscriptions="second""#), "{line}");
+    assert_eq!(delivered.message.subject, "second");
+}
+
+#[tokio::test]
+async fn a_link_put_again_with_the_same_config_keeps_the_running_link() {
+    let lattice = Lattice::start().await;
+    let provider = lattice.provider(&[]).await;
+    let link = Link::handler("c", &[("subscriptions", "same")]);
+    provider.put_link(&link).await;
+    let from = provider.logs.line_count();
+
+    provider.send_link_put(&link).await;
+    provider
+        .logs
+        .wait_for(from, "the put being handled", |l| {
+            l.contains("kept as it runs")
+        })
+        .await;
+
+    assert_eq!(
+        provider
+            .logs
+            .count(|l| l.contains("replaced handler link draining")),
+        0,
+        "an unchanged link was restarted"
+    );
+}

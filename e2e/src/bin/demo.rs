@@ -1,19 +1,19 @@
-//! Live demo: a NATS server, an embedded wasmCloud host, the messaging-nats
-//! provider from its archive and the echo component, linked on `demo.in`.
-//! Sends a few requests as a plain NATS client and prints what happens.
+//! Live demo: a NATS server, an embedded wasmCloud host and wadm; the
+//! repository's `wadm.yaml` deployed by wadm (the messaging-nats provider
+//! and the echo component from `build/`, linked on `demo.in`). Sends a few
+//! requests as a plain NATS client and prints what happens.
 
 use std::time::{Duration, Instant};
 
 use anyhow::{Context as _, Result};
 use async_nats::client::RequestErrorKind;
 use futures::StreamExt as _;
-use messaging_nats_e2e::archive::native_target;
-use messaging_nats_e2e::host::DEFAULT_LINK_NAME;
-use messaging_nats_e2e::{build_provider_archive, init_logging, paths, Host};
+use messaging_nats_e2e::paths::repo_root;
+use messaging_nats_e2e::wadm::Wadm;
+use messaging_nats_e2e::{init_logging, Host};
 
-const PROVIDER_ID: &str = "messaging-nats";
-const PROVIDER_CONFIG: &str = "messaging-nats-defaults";
-const COMPONENT_ID: &str = "echo";
+/// The application `wadm.yaml` defines.
+const APP: &str = "messaging-nats-echo";
 const SUBJECT: &str = "demo.in";
 const REQUESTS: &[&str] = &["hello", "wasmCloud", "messages through NATS", "bye"];
 const WAIT: Duration = Duration::from_secs(30);
@@ -25,19 +25,11 @@ async fn main() -> Result<()> {
     let step = |what: &str| println!("[{:>6.2}s] {what}", started.elapsed().as_secs_f64());
 
     let nats = messaging_nats_e2e::nats::start();
-    step(&format!("nats-server listening on {}", nats.url()));
-
-    let work = tempfile::tempdir().context("failed to create work dir")?;
-    let par = build_provider_archive(
-        &paths::provider_bin()?,
-        &paths::provider_version()?,
-        &work.path().join("messaging-nats.par.gz"),
-    )
-    .await?;
+    let client = messaging_nats_e2e::nats::connect(&nats).await?;
     step(&format!(
-        "provider archive {} (target {})",
-        par.display(),
-        native_target()
+        "nats-server {} listening on {}",
+        client.server_info().version,
+        nats.url()
     ));
 
     let host = Host::start(&nats.url()).await?;
@@ -46,34 +38,26 @@ async fn main() -> Result<()> {
         host.id(),
         host.lattice()
     ));
+    let wadm = Wadm::start(&nats.url(), host.lattice()).await?;
+    step("wadm running");
 
-    // The provider connects to nats://127.0.0.1:4222 unless told otherwise.
-    host.put_config(PROVIDER_CONFIG, &[("cluster_uris", &nats.url())])
-        .await?;
-    host.start_provider(PROVIDER_ID, &par, &[PROVIDER_CONFIG])
-        .await?;
-    step(&format!(
-        "provider {PROVIDER_ID} started and healthy (config {PROVIDER_CONFIG}: cluster_uris={})",
-        nats.url()
-    ));
+    let manifest = repo_root().join("wadm.yaml");
+    let yaml = std::fs::read_to_string(&manifest)
+        .with_context(|| format!("cannot read {}", manifest.display()))?;
+    let (name, version) = wadm.deploy(&yaml, &repo_root()).await?;
+    step(&format!("wadm.yaml put and deployed: {name} {version}"));
+    let status = wadm.wait_deployed(APP).await?;
+    step(&format!("application {APP}: {:?}", status.info.status_type));
+    for scaler in &status.scalers {
+        println!(
+            "           {:<10} {:?}  {}",
+            scaler.kind, scaler.info.status_type, scaler.name
+        );
+    }
 
-    host.deploy_messaging_component(
-        COMPONENT_ID,
-        &paths::echo_component_wasm()?,
-        PROVIDER_ID,
-        DEFAULT_LINK_NAME,
-        SUBJECT,
-    )
-    .await?;
-    step(&format!(
-        "component {COMPONENT_ID} running, linked: handler (subscriptions={SUBJECT}) and consumer"
-    ));
-
-    let client = messaging_nats_e2e::nats::connect(&nats).await?;
     let mut events = client.subscribe(format!("events.{SUBJECT}")).await?;
     messaging_nats_e2e::nats::round_trip(&client).await;
     step("transcript follows\n");
-
     for body in REQUESTS {
         println!("  -> {SUBJECT:<16} {body:?}");
         let reply = request(&client, body).await?;
@@ -92,16 +76,19 @@ async fn main() -> Result<()> {
         );
     }
 
+    wadm.undeploy(APP).await?;
+    step(&format!("{APP} undeployed"));
+    drop(wadm);
     host.stop().await?;
-    step("host stopped (provider stopped through it first)");
+    step("host stopped (whatever still ran stopped through it first)");
     drop(nats);
     step("nats-server stopped; done");
     Ok(())
 }
 
-/// Sends a request to [`SUBJECT`], again while nobody subscribes it yet (the
-/// provider subscribes shortly after the link is put); such a request reaches
-/// no one, so retrying it has no side effect.
+/// Sends a request to [`SUBJECT`], again while nobody subscribes it yet
+/// (the provider subscribes shortly after wadm puts the link); such a
+/// request reaches no one, so retrying it has no side effect.
 async fn request(client: &async_nats::Client, body: &str) -> Result<async_nats::Message> {
     let deadline = Instant::now() + WAIT;
     loop {

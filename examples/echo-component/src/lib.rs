@@ -3,6 +3,10 @@
 //! For every message it receives it answers the sender when the message
 //! carries a reply subject, and always publishes an event describing what it
 //! handled, so both directions of `wasmcloud:messaging` are exercised.
+//!
+//! A message whose body is `sleep <ms>` (at most 10 s) is held that long
+//! before the answer, which then says when the call started and ended: a
+//! way to watch the provider's `max_in_flight` at work.
 
 wit_bindgen::generate!({
     world: "echo",
@@ -20,14 +24,25 @@ const REPLY_PREFIX: &[u8] = b"echo: ";
 /// Prefix of the subject that events are published on.
 const EVENT_PREFIX: &str = "events.";
 
+/// Longest pause a `sleep <ms>` message may ask for.
+const MAX_SLEEP_MS: u64 = 10_000;
+
 struct Echo;
 
 impl Guest for Echo {
     fn handle_message(msg: BrokerMessage) -> Result<(), String> {
+        let body = match sleep_ms(&msg.body) {
+            Some(ms) => {
+                let started = micros_now();
+                std::thread::sleep(std::time::Duration::from_millis(ms));
+                slept_body(ms, started, micros_now())
+            }
+            None => reply_body(&msg.body),
+        };
         if let Some(reply_to) = &msg.reply_to {
             consumer::publish(&BrokerMessage {
                 subject: reply_to.clone(),
-                body: reply_body(&msg.body),
+                body,
                 reply_to: None,
             })
             .map_err(|e| format!("failed to publish reply to {reply_to}: {e}"))?;
@@ -48,6 +63,24 @@ fn reply_body(body: &[u8]) -> Vec<u8> {
     reply.extend_from_slice(REPLY_PREFIX);
     reply.extend(body.iter().map(u8::to_ascii_uppercase));
     reply
+}
+
+/// The pause a `sleep <ms>` body asks for.
+fn sleep_ms(body: &[u8]) -> Option<u64> {
+    let ms = std::str::from_utf8(body.strip_prefix(b"sleep ")?).ok()?;
+    ms.trim().parse().ok().filter(|ms| *ms <= MAX_SLEEP_MS)
+}
+
+/// Wall-clock time in microseconds since the Unix epoch.
+fn micros_now() -> u128 {
+    std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .map_or(0, |since| since.as_micros())
+}
+
+/// The answer to a `sleep` message: how long, and when the call ran.
+fn slept_body(ms: u64, started_us: u128, ended_us: u128) -> Vec<u8> {
+    format!("slept {ms} ms from {started_us} to {ended_us}").into_bytes()
 }
 
 /// The subject an event about a message received on `subject` goes to.
@@ -77,6 +110,19 @@ mod tests {
             reply_body(&[0xff, b'a']),
             [b"echo: ".as_slice(), &[0xff, b'A']].concat()
         );
+    }
+
+    #[test]
+    fn sleep_messages_name_their_pause() {
+        assert_eq!(sleep_ms(b"sleep 300"), Some(300));
+        assert_eq!(sleep_ms(b"sleep 10001"), None);
+        assert_eq!(sleep_ms(b"sleep x"), None);
+        assert_eq!(sleep_ms(b"hello"), None);
+    }
+
+    #[test]
+    fn slept_answer_says_when_the_call_ran() {
+        assert_eq!(slept_body(300, 5, 9), b"slept 300 ms from 5 to 9");
     }
 
     #[test]

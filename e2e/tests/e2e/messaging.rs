@@ -1,14 +1,12 @@
 //! Messages between plain NATS clients and a component, through the provider
 //! on a real host.
 
-mod common;
-
 use std::collections::BTreeSet;
 use std::time::{Duration, Instant};
 
+use crate::common::*;
 use anyhow::{bail, Context as _, Result};
 use async_nats::client::RequestErrorKind;
-use common::*;
 use messaging_nats_e2e::host::DEFAULT_LINK_NAME;
 use messaging_nats_e2e::nats::round_trip;
 

@@ -78,9 +78,9 @@ impl Lattice {
         Ok(lattice)
     }
 
-    /// Starts the provider with provider-level config pointing its
-    /// connections at this lattice's NATS server (its default is
-    /// `nats://127.0.0.1:4222`).
+    /// Starts the provider with provider-level config naming this
+    /// lattice's NATS server (also its default: the lattice's own), as a
+    /// user names the server links use.
     pub async fn start_provider(&self) -> Result<()> {
         self.host
             .put_config(PROVIDER_CONFIG, &[("cluster_uris", &self.nats.url())])

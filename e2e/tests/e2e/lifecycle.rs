@@ -1,12 +1,10 @@
 //! Starting and stopping the provider and the host.
 
-mod common;
-
 use std::time::{Duration, Instant};
 
+use crate::common::*;
 use anyhow::{bail, Result};
 use async_nats::client::RequestErrorKind;
-use common::*;
 use messaging_nats_e2e::host::process_alive;
 
 /// Waits until no process in `pids` runs any more.
