@@ -61,6 +61,11 @@ impl Host {
     /// Starts a host whose control and RPC connections go to `nats_url`, on a
     /// lattice named for this run only.
     pub async fn start(nats_url: &str) -> Result<Self> {
+        Self::start_on(nats_url, &new_lattice_name()).await
+    }
+
+    /// Starts a host for `lattice` (see [`new_lattice_name`]).
+    pub async fn start_on(nats_url: &str, lattice: &str) -> Result<Self> {
         // The host caches provider executables under the temp dir; an empty
         // TMPDIR would put them in the current folder.
         let temp_dir = std::env::temp_dir();
@@ -68,7 +73,7 @@ impl Host {
             bail!("TMPDIR must be an absolute path, not {temp_dir:?}");
         }
         let url = Url::parse(nats_url).with_context(|| format!("invalid NATS URL {nats_url}"))?;
-        let lattice = fresh_lattice_name();
+        let lattice = lattice.to_string();
         let host_key = Arc::new(KeyPair::new_server());
         let id = host_key.public_key();
         let config = HostConfig {
@@ -365,7 +370,7 @@ fn start_host(config: HostConfig) -> Starting {
 }
 
 /// A lattice name that no other run on this machine uses.
-fn fresh_lattice_name() -> String {
+pub fn new_lattice_name() -> String {
     static COUNTER: AtomicU32 = AtomicU32::new(0);
     let nanos = std::time::SystemTime::now()
         .duration_since(std::time::UNIX_EPOCH)
@@ -475,7 +480,7 @@ mod tests {
 
     #[test]
     fn lattice_names_differ() {
-        assert_ne!(fresh_lattice_name(), fresh_lattice_name());
+        assert_ne!(new_lattice_name(), new_lattice_name());
     }
 
     #[test]

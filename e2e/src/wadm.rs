@@ -19,6 +19,8 @@ const DEPLOY_TIMEOUT: Duration = Duration::from_secs(90);
 pub struct Wadm {
     tasks: JoinSet<anyhow::Result<()>>,
     client: Client,
+    jetstream: async_nats::jetstream::Context,
+    lattice: String,
 }
 
 impl Wadm {
@@ -43,7 +45,42 @@ impl Wadm {
         )
         .await
         .map_err(|err| anyhow!("cannot connect the wadm client: {err}"))?;
-        Ok(Self { tasks, client })
+        let nats = async_nats::connect(nats_url)
+            .await
+            .with_context(|| format!("cannot connect to {nats_url}"))?;
+        Ok(Self {
+            tasks,
+            client,
+            jetstream: async_nats::jetstream::new(nats),
+            lattice: lattice.to_string(),
+        })
+    }
+
+    /// Waits until wadm knows the host `host_id` of its lattice (from the
+    /// host's start event or, if it missed that, its next heartbeat, sent
+    /// every 30 s): a manifest deployed before has nowhere to go and, seen
+    /// with wadm 0.21.1, can stay unreconciled.
+    pub async fn wait_knows_host(&self, host_id: &str) -> Result<()> {
+        let deadline = Instant::now() + DEPLOY_TIMEOUT;
+        let key = format!("host_{}", self.lattice);
+        loop {
+            let known = match self.jetstream.get_key_value("wadm_state").await {
+                Ok(store) => store
+                    .get(&key)
+                    .await
+                    .ok()
+                    .flatten()
+                    .is_some_and(|hosts| String::from_utf8_lossy(&hosts).contains(host_id)),
+                Err(_) => false,
+            };
+            if known {
+                return Ok(());
+            }
+            if Instant::now() > deadline {
+                bail!("wadm did not learn of host {host_id} within {DEPLOY_TIMEOUT:?}");
+            }
+            tokio::time::sleep(Duration::from_millis(100)).await;
+        }
     }
 
     /// Puts and deploys `yaml`, a manifest whose relative `file://./`

@@ -8,6 +8,7 @@ use std::time::{Duration, Instant};
 use anyhow::{Context as _, Result};
 use async_nats::client::RequestErrorKind;
 use futures::StreamExt as _;
+use messaging_nats_e2e::host::new_lattice_name;
 use messaging_nats_e2e::paths::repo_root;
 use messaging_nats_e2e::wadm::Wadm;
 use messaging_nats_e2e::{init_logging, Host};
@@ -32,14 +33,14 @@ async fn main() -> Result<()> {
         nats.url()
     ));
 
-    let host = Host::start(&nats.url()).await?;
-    step(&format!(
-        "host {} up on lattice {}",
-        host.id(),
-        host.lattice()
-    ));
-    let wadm = Wadm::start(&nats.url(), host.lattice()).await?;
+    // wadm first: it finds a lattice by its hosts' heartbeats, the first
+    // one when a host starts and then one every 30 s.
+    let lattice = new_lattice_name();
+    let wadm = Wadm::start(&nats.url(), &lattice).await?;
     step("wadm running");
+    let host = Host::start_on(&nats.url(), &lattice).await?;
+    step(&format!("host {} up on lattice {lattice}", host.id()));
+    wadm.wait_knows_host(host.id()).await?;
 
     let manifest = repo_root().join("wadm.yaml");
     let yaml = std::fs::read_to_string(&manifest)

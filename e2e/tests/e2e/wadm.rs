@@ -29,9 +29,7 @@ fn replace_once(text: &str, from: &str, to: &str) -> String {
 
 /// A lattice with nothing deployed, and wadm beside its host.
 async fn start() -> Result<(Lattice, Wadm)> {
-    let lattice = Lattice::start().await?;
-    let wadm = Wadm::start(&lattice.nats.url(), lattice.host.lattice()).await?;
-    Ok((lattice, wadm))
+    Lattice::with_wadm().await
 }
 
 /// Deploys `yaml` as `wash app deploy` would from the repository root, and

@@ -12,7 +12,6 @@ use anyhow::{bail, Context as _, Result};
 use messaging_nats_e2e::host::{consumer_link, process_alive, DEFAULT_LINK_NAME};
 use messaging_nats_e2e::paths::{self, repo_root};
 use messaging_nats_e2e::readme::{block, fill};
-use messaging_nats_e2e::wadm::Wadm;
 use messaging_nats_e2e::wash::Wash;
 
 /// The server every README command names.
@@ -251,8 +250,7 @@ async fn wait_wash_says_deployed(wash: &Wash, name: &str) -> Result<serde_json::
 
 #[tokio::test(flavor = "multi_thread")]
 async fn wash_app_deploy_status_and_delete_run_against_wadm() -> Result<()> {
-    let lattice = Lattice::start().await?;
-    let wadm = Wadm::start(&lattice.nats.url(), lattice.host.lattice()).await?;
+    let (lattice, wadm) = Lattice::with_wadm().await?;
     let wash = wash(&lattice)?;
     let mut events = lattice.subscribe(EVENT_SUBJECT).await?;
 
@@ -295,6 +293,60 @@ async fn wash_app_deploy_status_and_delete_run_against_wadm() -> Result<()> {
         "{deleted}"
     );
     assert!(lattice.host.links().await?.is_empty());
+    drop(wadm);
+    lattice.host.stop().await
+}
+
+/// A link config the provider rejects is no error to wash or wadm (the
+/// host took the link; wasmCloud 1.x has no way for a provider to refuse
+/// one): `wash app deploy` and `wash app status` say Deployed. The reason
+/// is in the provider's log and in its health, which names the link and
+/// the key, and health turns unhealthy for the host's checks.
+#[tokio::test(flavor = "multi_thread")]
+async fn a_rejected_link_config_is_named_in_health_while_wash_says_deployed() -> Result<()> {
+    let (lattice, wadm) = Lattice::with_wadm().await?;
+    let wash = wash(&lattice)?;
+    let dir = tempfile::tempdir()?;
+    let root = repo_root();
+    let yaml = fill(
+        &std::fs::read_to_string(root.join("wadm.yaml"))?,
+        &[
+            (
+                "file://./build",
+                &format!("file://{}/build", root.display()),
+            ),
+            ("max_in_flight: \"64\"", "max_in_flight: \"0\""),
+        ],
+    )?;
+    std::fs::write(dir.path().join("bad.yaml"), yaml)?;
+
+    let deployed = wash
+        .run(dir.path(), &["app", "deploy", "bad.yaml"])
+        .await?
+        .ok()?;
+    let status = wait_wash_says_deployed(&wash, "messaging-nats-echo").await?;
+    let provider = format!("{}.messaging_nats_echo-nats", lattice.host.lattice());
+    let subject = format!("wasmbus.rpc.{provider}.health");
+    let deadline = Instant::now() + WAIT;
+    let health = loop {
+        let answer = lattice.client.request(subject.clone(), "".into()).await?;
+        let health: serde_json::Value = serde_json::from_slice(&answer.payload)?;
+        if health["healthy"] == false || Instant::now() > deadline {
+            break health;
+        }
+        tokio::time::sleep(Duration::from_millis(200)).await;
+    };
+
+    assert!(deployed.success, "{}", deployed.output());
+    assert_eq!(status["status"]["status"]["type"], "deployed", "{status}");
+    assert_eq!(health["healthy"], false, "{health}");
+    let message = health["message"].as_str().unwrap_or_default();
+    assert!(
+        message.contains("handler link messaging_nats_echo-echo/default rejected")
+            && message.contains("'max_in_flight'")
+            && message.contains("1 to 4096"),
+        "{message}"
+    );
     drop(wadm);
     lattice.host.stop().await
 }

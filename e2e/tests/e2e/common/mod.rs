@@ -11,8 +11,9 @@ use anyhow::{bail, Context as _, Result};
 use async_nats::client::RequestErrorKind;
 use async_nats::{Message, Subscriber};
 use futures::StreamExt as _;
-use messaging_nats_e2e::host::DEFAULT_LINK_NAME;
+use messaging_nats_e2e::host::{new_lattice_name, DEFAULT_LINK_NAME};
 use messaging_nats_e2e::nats::round_trip;
+use messaging_nats_e2e::wadm::Wadm;
 use messaging_nats_e2e::{build_provider_archive, init_logging, paths, Host, NatsServer};
 use tokio::sync::OnceCell;
 
@@ -65,6 +66,20 @@ impl Lattice {
         let host = Host::start(&nats.url()).await?;
         let client = messaging_nats_e2e::nats::connect(&nats).await?;
         Ok(Self { host, client, nats })
+    }
+
+    /// A NATS server, wadm, and a host with nothing deployed. wadm starts
+    /// first: it finds a lattice by its hosts' heartbeats, the first one
+    /// when a host starts and then one every 30 s.
+    pub async fn with_wadm() -> Result<(Self, Wadm)> {
+        init_logging();
+        let nats = messaging_nats_e2e::nats::start();
+        let lattice = new_lattice_name();
+        let wadm = Wadm::start(&nats.url(), &lattice).await?;
+        let host = Host::start_on(&nats.url(), &lattice).await?;
+        wadm.wait_knows_host(host.id()).await?;
+        let client = messaging_nats_e2e::nats::connect(&nats).await?;
+        Ok((Self { host, client, nats }, wadm))
     }
 
     /// A lattice with the provider running and the echo component linked to
