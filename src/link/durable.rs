@@ -28,7 +28,7 @@ use std::fmt;
 use std::sync::Arc;
 use std::time::Duration;
 
-use async_nats::jetstream::consumer::pull::{self, Batch};
+use async_nats::jetstream::consumer::pull;
 use async_nats::jetstream::consumer::{AckPolicy, PullConsumer};
 use async_nats::jetstream::context::GetStreamErrorKind;
 use async_nats::jetstream::stream;
@@ -37,11 +37,11 @@ use async_nats::HeaderMap;
 use futures::stream::FuturesUnordered;
 use futures::{FutureExt as _, StreamExt as _};
 use tokio::time::Instant;
-use tokio_util::task::TaskTracker;
-use tracing::{debug, error, info, warn, Instrument as _};
+use tracing::{debug, error, info, warn};
 
 use super::drain::{sleep_until, Drain};
 use super::invoke::{invoke, Target};
+use super::pull::Pull;
 use super::slots::{Slot, SlotQueue};
 use crate::config::{ConsumerSpec, DurableSettings, ManagedConsumer};
 use crate::connection::Lease;
@@ -58,9 +58,6 @@ const API_TIMEOUT: Duration = Duration::from_secs(5);
 /// Bound on handing an ack to the client: while disconnected its command
 /// queue can be full. An ack that does not go out means a redelivery.
 pub(crate) const ACK_TIMEOUT: Duration = Duration::from_secs(2);
-/// How long a stopped source waits for messages its open fetch may still
-/// bring (see [`nak_the_rest`]).
-const STRAGGLER_WAIT: Duration = Duration::from_millis(500);
 /// Pause before binding again after a failure (missing stream or consumer,
 /// no JetStream, server unreachable).
 const RETRY_DELAY: Duration = Duration::from_secs(2);
@@ -267,9 +264,9 @@ impl DurableSource {
     }
 
     /// Fetches and delivers until the link drains.
-    pub(crate) async fn run(mut self, mut slots: SlotQueue, tasks: TaskTracker) {
+    pub(crate) async fn run(mut self, mut slots: SlotQueue) {
         let mut bound: Option<Bound> = None;
-        let mut batch: Option<Batch> = None;
+        let mut batch: Option<Pull> = None;
         // Fetched messages waiting for a slot.
         let mut waiting: VecDeque<jetstream::Message> = VecDeque::new();
         let mut in_flight = FuturesUnordered::new();
@@ -307,9 +304,7 @@ impl DurableSource {
             }
             if let (false, None, Some(found)) = (stopping, &batch, &bound) {
                 if let Some(count) = fetch_size(&slots, in_flight.len() + waiting.len()) {
-                    match tokio::time::timeout(API_TIMEOUT, self.fetch(&found.consumer, count))
-                        .await
-                    {
+                    match tokio::time::timeout(API_TIMEOUT, self.fetch(found, count)).await {
                         Ok(Ok(started)) => {
                             // Only a reconnection after this request counts.
                             connected.borrow_and_update();
@@ -336,21 +331,19 @@ impl DurableSource {
                 // Deliveries see the abort themselves and nak their messages.
                 () = self.drain.stopping(), if !stopping => {
                     stopping = true;
-                    // Fetched messages not delivered are nak'd, so that
-                    // another instance gets them now; so is what the open
-                    // fetch still brings, in the background.
-                    let open = batch.take().map(|mut open| {
+                    // Fetched messages not delivered, those the client still
+                    // buffers included, are nak'd, so that another instance
+                    // gets them now. The open fetch goes with its
+                    // subscription: the server drops a pull request whose
+                    // reply subject nobody listens to any more (kept open,
+                    // it would take messages published after the stop).
+                    if let Some(mut open) = batch.take() {
                         while let Some(Some(Ok(msg))) = open.next().now_or_never() {
                             waiting.push_back(msg);
                         }
-                        open
-                    });
+                    }
                     for msg in waiting.drain(..) {
                         nak(&msg, None).await;
-                    }
-                    if let Some(open) = open {
-                        let rest = nak_the_rest(open, self.connection.clone());
-                        tasks.spawn(rest.in_current_span());
                     }
                 }
                 () = sleep_until(retry_at), if retry_at.is_some() && !stopping => {
@@ -536,22 +529,24 @@ impl DurableSource {
 
     /// Asks for `count` messages and the byte bound, waiting up to
     /// [`FETCH_EXPIRY`] for them.
-    async fn fetch(&self, consumer: &PullConsumer, count: usize) -> Result<Batch, DurableError> {
+    async fn fetch(&self, found: &Bound, count: usize) -> Result<Pull, DurableError> {
         let count = self.source.max_messages.map_or(count, |max| max.min(count));
         let bytes = self
             .source
             .max_bytes
             .unwrap_or(DEFAULT_FETCH_BYTES.max(self.connection.max_payload()));
-        consumer
-            .batch()
-            .max_messages(count)
-            .max_bytes(bytes)
-            .expires(FETCH_EXPIRY)
-            .messages()
-            .await
-            .map_err(|err| DurableError::Fetch {
-                detail: format!("fetch request failed: {err}"),
-            })
+        Pull::start(
+            &self.connection.client(),
+            &found.settle.jetstream,
+            &found.consumer,
+            count,
+            Some(bytes),
+            FETCH_EXPIRY,
+        )
+        .await
+        .map_err(|err| DurableError::Fetch {
+            detail: format!("fetch request failed: {err}"),
+        })
     }
 }
 
@@ -596,24 +591,10 @@ fn consumer_config(name: &str, managed: &ManagedConsumer) -> pull::Config {
     }
 }
 
-/// Naks what an open fetch still brings after its link stopped (messages
-/// the server sent before it saw the link go): otherwise they would wait
-/// out their ack wait before anyone else got them. Such messages are on
-/// the wire already, so the fetch is given up after [`STRAGGLER_WAIT`]
-/// without one. Holds a lease, so that the connection stays open for the
-/// naks.
-async fn nak_the_rest(mut batch: Batch, _connection: Lease) {
-    while let Ok(Some(next)) = tokio::time::timeout(STRAGGLER_WAIT, batch.next()).await {
-        if let Ok(msg) = next {
-            nak(&msg, None).await;
-        }
-    }
-}
-
 /// The next message of the open batch.
 async fn next_message(
-    batch: &mut Option<Batch>,
-) -> Option<Result<jetstream::Message, async_nats::Error>> {
+    batch: &mut Option<Pull>,
+) -> Option<Result<jetstream::Message, super::pull::PullError>> {
     match batch {
         Some(batch) => batch.next().await,
         None => std::future::pending().await,

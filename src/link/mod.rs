@@ -14,6 +14,7 @@ mod counters;
 mod drain;
 mod durable;
 mod invoke;
+mod pull;
 mod slots;
 
 use std::sync::Arc;
@@ -120,7 +121,7 @@ impl HandlerLink {
         }
         for durable in durables {
             let span = tracing::info_span!(parent: &span(), "durable", consumer = durable.label());
-            sources.push(tasks.spawn(durable.run(slots.queue(), tasks.clone()).instrument(span)));
+            sources.push(tasks.spawn(durable.run(slots.queue()).instrument(span)));
         }
         Ok(Self {
             drain,

@@ -387,8 +387,15 @@ async fn sigterm_during_start_up_drains_and_exits_zero() {
     assert_eq!(provider.logs.count(|l| l.contains("all links stopped")), 1);
 }
 
+/// Core publishes and deliveries across a server restart (SIGTERM, same
+/// store): both resume, and every publish made once the provider is healthy
+/// again reaches the server. Those answered `Ok` just before the stop may
+/// not: `Ok` means written to the connection, and a stopping server drops
+/// what it has not read yet (about 1 run in 5 lost one on a loaded
+/// machine; the README says so, and `jetstream_publish` is the mode that
+/// promises more: see `at_least_once.rs`).
 #[tokio::test]
-async fn broker_restart_mid_traffic_loses_no_publish_answered_ok() {
+async fn a_broker_restart_mid_traffic_resumes_publishes_and_deliveries() {
     let lattice = Lattice::start().await;
     let mut data = NatsServer::with(ServerOptions {
         jetstream: true,
@@ -423,18 +430,20 @@ async fn broker_restart_mid_traffic_loses_no_publish_answered_ok() {
 
     let ok = Arc::new(std::sync::Mutex::new(Vec::new()));
     let stop = Arc::new(AtomicUsize::new(0));
+    // The index of the next publish.
+    let next = Arc::new(AtomicUsize::new(0));
     let publishing = {
         let ok = Arc::clone(&ok);
         let stop = Arc::clone(&stop);
+        let next = Arc::clone(&next);
         tokio::spawn(async move {
-            let mut i = 0u32;
             while stop.load(Ordering::Relaxed) == 0 {
+                let i = next.fetch_add(1, Ordering::SeqCst);
                 if let Ok(Ok(())) = caller.publish(&message(&format!("out.{i}"), b"x")).await {
                     ok.lock().unwrap().push(i);
                 }
-                i += 1;
             }
-            i
+            next.load(Ordering::SeqCst)
         })
     };
     let feeder = async_nats::ConnectOptions::new()
@@ -456,6 +465,7 @@ async fn broker_restart_mid_traffic_loses_no_publish_answered_ok() {
     provider
         .wait_for_health("healthy", WAIT, |healthy, _| healthy)
         .await;
+    let resumed_from = next.load(Ordering::SeqCst);
     for _ in 0..50 {
         feeder
             .publish(format!("in.{sent}"), "x".into())
@@ -485,7 +495,7 @@ async fn broker_restart_mid_traffic_loses_no_publish_answered_ok() {
         delivered.insert(received.message.subject);
     }
 
-    // Every publish answered Ok is in the stream.
+    // What the server received, read back from the stream.
     let stream = js.get_stream("RECEIVED").await.unwrap();
     let consumer = stream
         .create_consumer(async_nats::jetstream::consumer::pull::Config::default())
@@ -506,30 +516,32 @@ async fn broker_restart_mid_traffic_loses_no_publish_answered_ok() {
         }
     }
     let ok = ok.lock().unwrap().clone();
-    let missing: Vec<_> = ok
+    let (missing_after, missing_before): (Vec<&usize>, Vec<&usize>) = ok
         .iter()
         .filter(|i| !stored.contains(&format!("out.{i}")))
-        .collect();
+        .partition(|i| **i >= resumed_from);
+    let ok_after = ok.iter().filter(|i| **i >= resumed_from).count();
     let lost_in_core = (0..sent)
         .filter(|i| !delivered.contains(&format!("in.{i}")))
         .count();
     println!(
-        "restart: {attempted} publishes attempted, {} answered Ok, {} stored; \
-         {sent} messages sent to the handler link, {} delivered, {lost_in_core} lost by core NATS",
+        "restart: {attempted} publishes attempted, {} answered Ok, {} stored, {} answered Ok \
+         before the restart but not received; {sent} messages sent to the handler link, {} \
+         delivered, {lost_in_core} lost by core NATS",
         ok.len(),
         stored.len(),
+        missing_before.len(),
         delivered.len()
     );
 
     assert!(unhealthy_seen || provider.logs.count(|l| l.contains("NATS connection up")) >= 2);
     assert!(
-        missing.is_empty(),
-        "answered Ok but never received: {missing:?}"
+        missing_after.is_empty(),
+        "published after the restart, answered Ok, never received: {missing_after:?}"
     );
     assert!(
-        ok.len() > 10,
-        "too few publishes went through: {}",
-        ok.len()
+        ok_after > 10,
+        "too few publishes went through after the restart: {ok_after}"
     );
     assert!(
         delivered.contains(&format!("in.{}", sent - 1)),

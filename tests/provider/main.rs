@@ -3,6 +3,7 @@
 
 mod support;
 
+mod at_least_once;
 mod auth;
 mod config;
 mod confirmed;
