@@ -211,7 +211,7 @@ async fn main() -> anyhow::Result<()> {
         .and_then(|i| args.get(i + 1).cloned())
         .unwrap_or_else(|| "target/bench.json".to_string());
     // `--only NAME` runs one part (raw, bare, publish, request, delivery,
-    // durable, memory), e.g. to profile the provider during it.
+    // durable, confirmed, memory), e.g. to profile the provider during it.
     let only = args
         .iter()
         .position(|a| a == "--only")
@@ -263,6 +263,10 @@ async fn main() -> anyhow::Result<()> {
     if runs("durable") {
         println!("durable delivery from a JetStream backlog to a no-op handle-message");
         durable(&lattice, &provider, &bare, &sizes, &mut report).await?;
+    }
+    if runs("confirmed") {
+        println!("confirmed publish (jetstream_publish) against a bare JetStream publish");
+        confirmed(&lattice, &provider, &sizes, &mut report).await?;
     }
     if runs("memory") {
         println!("memory");
@@ -330,9 +334,11 @@ fn bare_call(
     }
 }
 
-/// A `publish` through the provider.
+/// A `publish` to `subject` through the provider, by component `id`.
 fn publish_call(
     caller: &Arc<wrpc_transport_nats::Client>,
+    id: &'static str,
+    subject: &'static str,
     body: Bytes,
 ) -> impl Fn(usize) -> futures::future::BoxFuture<'static, anyhow::Result<()>> + Clone + Send + 'static
 {
@@ -340,14 +346,32 @@ fn publish_call(
     move |_| {
         let client = Arc::clone(&client);
         let msg = BrokerMessage {
-            subject: "bench.published".into(),
+            subject: subject.into(),
             body: body.clone(),
             reply_to: None,
         };
         Box::pin(async move {
-            consumer::publish(client.as_ref(), component_headers("pub"), &msg)
+            consumer::publish(client.as_ref(), component_headers(id), &msg)
                 .await?
                 .map_err(anyhow::Error::msg)
+        })
+    }
+}
+
+/// A bare JetStream publish from this process, waiting for the stream's
+/// acknowledgement: what a confirmed publish costs without the provider.
+fn jetstream_publish_call(
+    js: &async_nats::jetstream::Context,
+    subject: &'static str,
+    body: Bytes,
+) -> impl Fn(usize) -> futures::future::BoxFuture<'static, anyhow::Result<()>> + Clone + Send + 'static
+{
+    let js = js.clone();
+    move |_| {
+        let (js, body) = (js.clone(), body.clone());
+        Box::pin(async move {
+            js.publish(subject, body).await?.await?;
+            Ok(())
         })
     }
 }
@@ -377,7 +401,12 @@ async fn calls(
                 bare_rates.push(rate.per_second);
                 bare_lost += rate.lost;
                 if let Some(caller) = caller {
-                    let rate = measure(per_round, c, publish_call(caller, body.clone())).await;
+                    let rate = measure(
+                        per_round,
+                        c,
+                        publish_call(caller, "pub", "bench.published", body.clone()),
+                    )
+                    .await;
                     publish_rates.push(rate.per_second);
                     publish_lost += rate.lost;
                 }
@@ -546,7 +575,8 @@ async fn deliveries(
 
 /// Durable delivery: a backlog stored in a JetStream stream (file storage)
 /// drained through the provider's pull consumer, each message acked after
-/// its call; against the bare call at the same concurrency.
+/// its call; against its floor (the same work by a bare consumer in this
+/// process) and against the bare call at the same concurrency.
 async fn durable(
     lattice: &Lattice,
     provider: &Provider,
@@ -559,29 +589,22 @@ async fn durable(
         ..ServerOptions::default()
     });
     let js = async_nats::jetstream::new(server.client().await);
-    js.create_stream(async_nats::jetstream::stream::Config {
-        name: "BENCH".to_string(),
-        subjects: vec!["bench.durable.>".to_string()],
-        ..Default::default()
-    })
-    .await?;
+    let stream = js
+        .create_stream(async_nats::jetstream::stream::Config {
+            name: "BENCH".to_string(),
+            subjects: vec!["bench.durable.>".to_string()],
+            ..Default::default()
+        })
+        .await?;
     let body = Bytes::from_static(&[b'x'; 16]);
     for max_in_flight in [16, 128] {
         let n = sizes.deliveries / 2;
         let subject = format!("bench.durable.{max_in_flight}");
-        let mut acks = Vec::with_capacity(1024);
-        for _ in 0..n {
-            acks.push(js.publish(subject.clone(), body.clone()).await?);
-            if acks.len() == 1024 {
-                for ack in acks.drain(..) {
-                    ack.await?;
-                }
-            }
-        }
-        for ack in acks {
-            ack.await?;
-        }
+        let bare_subject = format!("bench.durable.bare.{max_in_flight}");
+        fill(&js, &subject, n, &body).await?;
+        fill(&js, &bare_subject, n, &body).await?;
         let bare_rate = measure(n / 4, max_in_flight, bare_call(bare, body.clone())).await;
+        let floor = bare_durable(&stream, &bare_subject, n, max_in_flight, bare).await?;
         let id = format!("durable{max_in_flight}");
         let component = lattice.component(&id, Behaviour::no_op()).await;
         let (servers, mif) = (server.url(), max_in_flight.to_string());
@@ -603,12 +626,153 @@ async fn durable(
         report.add(&name, rate, "msg/s");
         report.add(&format!("{name} lost"), (n - handled) as f64, "msg");
         report.add(
+            &format!("bare durable consumer c{max_in_flight}"),
+            floor,
+            "msg/s",
+        );
+        report.add(&format!("{name} / bare durable"), rate / floor, "x");
+        report.add(
             &format!("bare call 16 B c{max_in_flight}, before it"),
             bare_rate.per_second,
             "calls/s",
         );
         report.add(&format!("{name} / bare"), rate / bare_rate.per_second, "x");
         provider.delete_link(&link).await;
+    }
+    Ok(())
+}
+
+/// Stores `n` messages on `subject`, 1,024 acknowledgements in flight.
+async fn fill(
+    js: &async_nats::jetstream::Context,
+    subject: &str,
+    n: usize,
+    body: &Bytes,
+) -> anyhow::Result<()> {
+    let mut acks = Vec::with_capacity(1024);
+    for _ in 0..n {
+        acks.push(js.publish(subject.to_string(), body.clone()).await?);
+        if acks.len() == 1024 {
+            for ack in acks.drain(..) {
+                ack.await?;
+            }
+        }
+    }
+    for ack in acks {
+        ack.await?;
+    }
+    Ok(())
+}
+
+/// The floor of durable delivery: the same work without the provider. A
+/// plain async-nats pull consumer in this process reads `subject`'s `n`
+/// messages, makes the bare `handle-message` call for each and acks it
+/// after the call, `concurrency` at a time (the consumer's own batches are
+/// that size too). Returns messages per second.
+async fn bare_durable(
+    stream: &async_nats::jetstream::stream::Stream,
+    subject: &str,
+    n: usize,
+    concurrency: usize,
+    bare: &Arc<wrpc_transport_nats::Client>,
+) -> anyhow::Result<f64> {
+    use futures::StreamExt as _;
+    let consumer = stream
+        .create_consumer(async_nats::jetstream::consumer::pull::Config {
+            durable_name: Some(format!("bare{concurrency}")),
+            filter_subject: subject.to_string(),
+            ack_policy: async_nats::jetstream::consumer::AckPolicy::Explicit,
+            ..Default::default()
+        })
+        .await?;
+    let started = Instant::now();
+    let messages = consumer
+        .stream()
+        .max_messages_per_batch(concurrency)
+        .messages()
+        .await?;
+    let call = bare_call(bare, Bytes::from_static(&[b'x'; 16]));
+    let handled = messages
+        .take(n)
+        .map(|msg| {
+            let call = call.clone();
+            async move {
+                let msg = msg.map_err(anyhow::Error::from)?;
+                tokio::time::timeout(CALL_TIMEOUT, call(0)).await??;
+                msg.ack().await.map_err(anyhow::Error::msg)?;
+                anyhow::Ok(())
+            }
+        })
+        .buffer_unordered(concurrency)
+        .filter(|done| std::future::ready(done.is_ok()))
+        .count()
+        .await;
+    Ok(handled as f64 / started.elapsed().as_secs_f64().max(1e-9))
+}
+
+/// Confirmed publishes (`jetstream_publish`) through the provider against
+/// a bare JetStream publish from this process, 16 B at concurrency 1, 16
+/// and 128, measured in turn over [`ROUNDS`] rounds.
+async fn confirmed(
+    lattice: &Lattice,
+    provider: &Provider,
+    sizes: &Sizes,
+    report: &mut Report,
+) -> anyhow::Result<()> {
+    let server = NatsServer::with(ServerOptions {
+        jetstream: true,
+        ..ServerOptions::default()
+    });
+    let js = async_nats::jetstream::new(server.client().await);
+    js.create_stream(async_nats::jetstream::stream::Config {
+        name: "CONFIRMED".to_string(),
+        subjects: vec!["bench.confirmed.>".to_string()],
+        ..Default::default()
+    })
+    .await?;
+    let _component = lattice.component("confirmed", Behaviour::no_op()).await;
+    let servers = server.url();
+    provider
+        .put_link(&Link::consumer(
+            "confirmed",
+            &[
+                ("cluster_uris", servers.as_str()),
+                ("jetstream_publish", "bench.confirmed.>"),
+            ],
+        ))
+        .await;
+    let nats = Arc::new(lattice.nats.client().await);
+    let caller = Arc::new(
+        wrpc_transport_nats::Client::new(nats, format!("{}.{}", lattice.name, provider.key), None)
+            .await?,
+    );
+    let body = Bytes::from_static(&[b'x'; 16]);
+    let per_round = (sizes.calls / ROUNDS).max(1);
+    for c in [1, 16, 128] {
+        let (mut bare_rates, mut rates, mut lost) = (Vec::new(), Vec::new(), 0);
+        for _ in 0..ROUNDS {
+            let bare = jetstream_publish_call(&js, "bench.confirmed.bare", body.clone());
+            bare_rates.push(measure(per_round, c, bare).await.per_second);
+            let call = publish_call(
+                &caller,
+                "confirmed",
+                "bench.confirmed.provider",
+                body.clone(),
+            );
+            let rate = measure(per_round, c, call).await;
+            rates.push(rate.per_second);
+            lost += rate.lost;
+        }
+        let (bare_rate, rate) = (median(bare_rates), median(rates));
+        report.add(
+            &format!("bare JetStream publish 16 B c{c}"),
+            bare_rate,
+            "msg/s",
+        );
+        let name = format!("confirmed publish 16 B c{c}");
+        report.add(&name, rate, "calls/s");
+        report.add(&format!("{name} lost"), lost as f64, "calls");
+        report.add(&format!("{name} / bare JetStream"), rate / bare_rate, "x");
     }
     Ok(())
 }

@@ -13,7 +13,10 @@ use tokio::io::{AsyncBufReadExt as _, AsyncReadExt as _, AsyncWriteExt as _, Buf
 use tokio::net::TcpListener;
 use tokio::sync::mpsc;
 
-use crate::support::{echo_responder, Behaviour, BrokerMessage, Lattice, Link, ProviderOptions};
+use crate::support::{
+    echo_responder, round_trip, Behaviour, BrokerMessage, Lattice, Link, NatsServer, Provider,
+    ProviderOptions, ServerOptions,
+};
 
 /// An OTLP/HTTP metrics receiver: answers every POST with 200 and hands
 /// each decoded export request to the test.
@@ -230,6 +233,16 @@ async fn deliveries_publishes_and_requests_are_exported_per_link() {
             1.0,
         ),
     ];
+    wait_exported(&mut receiver, &provider, &expected).await;
+}
+
+/// Reads exports until every `expected` series has its value; returns what
+/// was seen.
+async fn wait_exported(
+    receiver: &mut Receiver,
+    provider: &Provider,
+    expected: &[Expected<'_>],
+) -> Series {
     let mut series = Series::new();
     let deadline = Instant::now() + Duration::from_secs(30);
     loop {
@@ -241,7 +254,7 @@ async fn deliveries_publishes_and_requests_are_exported_per_link() {
             .map(|(metric, with, _, want)| format!("{metric} {with:?} = {want}"))
             .collect();
         if missing.is_empty() {
-            break;
+            return series;
         }
         let left = deadline.saturating_duration_since(Instant::now());
         match tokio::time::timeout(left, receiver.exports.recv()).await {
@@ -251,5 +264,141 @@ async fn deliveries_publishes_and_requests_are_exported_per_link() {
                 provider.logs.lines().join("\n")
             ),
         }
+    }
+}
+
+/// The `dropped` figure of the first handler link stop line.
+fn dropped_at_stop(provider: &Provider) -> u64 {
+    let line = provider
+        .logs
+        .lines()
+        .into_iter()
+        .find(|l| l.contains("handler link stopped"))
+        .expect("stop line");
+    line.split("dropped ")
+        .nth(1)
+        .and_then(|rest| rest.split(',').next())
+        .and_then(|n| n.parse().ok())
+        .expect("dropped figure")
+}
+
+#[tokio::test]
+async fn dead_lettered_and_dropped_messages_are_exported_for_their_own_link() {
+    let mut receiver = Receiver::start().await;
+    let lattice = Lattice::on(NatsServer::with(ServerOptions {
+        jetstream: true,
+        ..ServerOptions::default()
+    }))
+    .await;
+    let js = async_nats::jetstream::new(lattice.client.clone());
+    for (name, subject) in [("JOBS", "jobs.>"), ("DEAD", "dead.>")] {
+        js.create_stream(async_nats::jetstream::stream::Config {
+            name: name.to_string(),
+            subjects: vec![subject.to_string()],
+            ..Default::default()
+        })
+        .await
+        .expect("stream");
+    }
+    let provider = lattice
+        .provider_with(ProviderOptions {
+            metrics_endpoint: Some(receiver.url.clone()),
+            ..ProviderOptions::default()
+        })
+        .await;
+    // One link dead-letters every message: its handler always fails, and
+    // one attempt is all it gets.
+    let mut failing = lattice
+        .component("failing", Behaviour::failing_on(b""))
+        .await;
+    provider
+        .put_link(&Link::handler(
+            "failing",
+            &[
+                ("stream", "JOBS"),
+                ("max_deliver", "1"),
+                ("dead_letter_subject", "dead.jobs"),
+            ],
+        ))
+        .await;
+    // The other is stopped with messages still queued behind a call that
+    // outlives its drain: those are dropped.
+    let slow = lattice
+        .component("slow", Behaviour::slow(Duration::from_secs(10)))
+        .await;
+    let slow_link = Link::handler(
+        "slow",
+        &[
+            ("subscriptions", "burst"),
+            ("max_in_flight", "1"),
+            ("drain_timeout_ms", "200"),
+        ],
+    );
+    provider.put_link(&slow_link).await;
+
+    for i in 0..2 {
+        js.publish(format!("jobs.{i}"), "job".into())
+            .await
+            .expect("publish")
+            .await
+            .expect("stored");
+    }
+    failing.take(2).await;
+    for _ in 0..5 {
+        lattice.client.publish("burst", "x".into()).await.unwrap();
+    }
+    round_trip(&lattice.client).await;
+    // The slow component records a call when it ends: wait for it to start.
+    let deadline = Instant::now() + Duration::from_secs(10);
+    while slow.peak_in_flight() == 0 {
+        assert!(Instant::now() < deadline, "the slow call never started");
+        tokio::time::sleep(Duration::from_millis(10)).await;
+    }
+    provider.delete_link(&slow_link).await;
+    provider
+        .logs
+        .wait_for(0, "the slow link's stop", |l| {
+            l.contains("handler link stopped")
+        })
+        .await;
+    let dropped = dropped_at_stop(&provider);
+    assert!(dropped > 0, "nothing was left to drop");
+
+    let of = |component: &'static str, extra: &[(&'static str, &'static str)]| {
+        [
+            ("messaging.system", "nats"),
+            ("wasmcloud.component.id", component),
+            ("wasmcloud.link.name", "default"),
+        ]
+        .iter()
+        .chain(extra)
+        .copied()
+        .collect::<Vec<_>>()
+    };
+    let expected: Vec<Expected> = vec![
+        (
+            "wasmcloud.messaging.dead_lettered.messages",
+            of("failing", &[]),
+            vec![],
+            2.0,
+        ),
+        (
+            "wasmcloud.messaging.dropped.messages",
+            of("slow", &[("reason", "drain_timeout")]),
+            vec![],
+            dropped as f64,
+        ),
+    ];
+    let series = wait_exported(&mut receiver, &provider, &expected).await;
+    let foreign = [
+        ("wasmcloud.messaging.dead_lettered.messages", "slow"),
+        ("wasmcloud.messaging.dropped.messages", "failing"),
+    ];
+    for (metric, component) in foreign {
+        assert_eq!(
+            value(&series, metric, &of(component, &[]), &[]),
+            None,
+            "{metric} counted for {component}"
+        );
     }
 }

@@ -11,7 +11,8 @@ pub mod credentials;
 
 pub use messaging_nats_harness::{
     echo_responder, pairs, round_trip, spawn_provider, Behaviour, BrokerMessage, Caller, Lattice,
-    Link, Logs, NatsServer, Provider, ProviderOptions, Received, ServerExt, ServerOptions, WAIT,
+    Link, Logs, NatsServer, Provider, ProviderOptions, Received, ServerExt, ServerOptions,
+    LAME_DUCK_CONFIG, WAIT,
 };
 
 /// The usual set-up of a consumer test: a lattice, the provider, and a

@@ -13,7 +13,9 @@ pub mod server;
 
 pub use component::{Behaviour, BrokerMessage, Caller, Component, Received};
 pub use host::{pairs, spawn_provider, Lattice, Link, Logs, Provider, ProviderOptions};
-pub use server::{echo_responder, round_trip, NatsServer, ServerExt, ServerOptions};
+pub use server::{
+    echo_responder, round_trip, NatsServer, ServerExt, ServerOptions, LAME_DUCK_CONFIG,
+};
 
 /// How long a helper waits for something that should happen promptly.
 pub const WAIT: Duration = Duration::from_secs(10);

@@ -18,6 +18,8 @@ const START_TIMEOUT: Duration = Duration::from_secs(15);
 
 /// How long a graceful stop may take before the process is killed.
 const STOP_TIMEOUT: Duration = Duration::from_secs(10);
+/// Bound on a lame duck shutdown with [`LAME_DUCK_CONFIG`].
+const LAME_DUCK_WAIT: Duration = Duration::from_secs(20);
 
 /// Names the `nats-server` executable to run; unset, the one on the `PATH`
 /// (Debian's package). `.ci/run` points it at the current release for the
@@ -26,6 +28,12 @@ pub const SERVER_BIN_ENV: &str = "NATS_SERVER_BIN";
 
 const CLIENT_MARKER: &str = "Listening for client connections on ";
 const MONITOR_MARKER: &str = "Starting http monitor on ";
+
+/// Lame duck durations short enough for a test: the defaults are a 10 s
+/// grace period and 2 minutes of closing clients. The server refuses a
+/// duration under 30 s; it closes at most one client a second, so a test
+/// with a few clients is done in a few seconds.
+pub const LAME_DUCK_CONFIG: &str = "lame_duck_grace_period: \"1s\"\nlame_duck_duration: \"30s\"\n";
 
 /// What to start: extra config lines and whether JetStream is on.
 #[derive(Clone, Debug, Default)]
@@ -156,6 +164,27 @@ impl NatsServer {
     /// runs), with the same store.
     pub fn restart(&mut self) {
         self.stop();
+        self.run();
+    }
+
+    /// Restarts the server as an operator does for maintenance: lame duck
+    /// mode (SIGUSR2: it tells its clients it is going, stops taking new
+    /// ones and, after its grace period, closes the remaining ones and
+    /// exits), then a start on the same ports and store. Needs the lame
+    /// duck durations in the server's config (see [`LAME_DUCK_CONFIG`]).
+    pub fn lame_duck_restart(&mut self) {
+        if let Some(mut child) = self.child.take() {
+            let _ = Command::new("kill")
+                .args(["-USR2", &child.id().to_string()])
+                .status();
+            // One client closed a second, after the grace period.
+            let deadline = Instant::now() + LAME_DUCK_WAIT;
+            while matches!(child.try_wait(), Ok(None)) && Instant::now() < deadline {
+                std::thread::sleep(Duration::from_millis(20));
+            }
+            let _ = child.kill();
+            let _ = child.wait();
+        }
         self.run();
     }
 
