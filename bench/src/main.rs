@@ -266,7 +266,7 @@ async fn main() -> anyhow::Result<()> {
     }
     if runs("confirmed") {
         println!("confirmed publish (jetstream_publish) against a bare JetStream publish");
-        confirmed(&lattice, &provider, &sizes, &mut report).await?;
+        confirmed(&lattice, &provider, &bare, &sizes, &mut report).await?;
     }
     if runs("memory") {
         println!("memory");
@@ -711,11 +711,14 @@ async fn bare_durable(
 }
 
 /// Confirmed publishes (`jetstream_publish`) through the provider against
-/// a bare JetStream publish from this process, 16 B at concurrency 1, 16
+/// a bare JetStream publish from this process, and against the same work
+/// without the provider (a bare call, then a bare JetStream publish: the
+/// component's call and the provider's publish), 16 B at concurrency 1, 16
 /// and 128, measured in turn over [`ROUNDS`] rounds.
 async fn confirmed(
     lattice: &Lattice,
     provider: &Provider,
+    bare: &Arc<wrpc_transport_nats::Client>,
     sizes: &Sizes,
     report: &mut Report,
 ) -> anyhow::Result<()> {
@@ -749,10 +752,20 @@ async fn confirmed(
     let body = Bytes::from_static(&[b'x'; 16]);
     let per_round = (sizes.calls / ROUNDS).max(1);
     for c in [1, 16, 128] {
-        let (mut bare_rates, mut rates, mut lost) = (Vec::new(), Vec::new(), 0);
+        let (mut bare_rates, mut floor_rates, mut rates, mut lost) =
+            (Vec::new(), Vec::new(), Vec::new(), 0);
         for _ in 0..ROUNDS {
-            let bare = jetstream_publish_call(&js, "bench.confirmed.bare", body.clone());
-            bare_rates.push(measure(per_round, c, bare).await.per_second);
+            let bare_js = jetstream_publish_call(&js, "bench.confirmed.bare", body.clone());
+            bare_rates.push(measure(per_round, c, bare_js.clone()).await.per_second);
+            let call = bare_call(bare, body.clone());
+            let floor = move |i| {
+                let (call, bare_js) = (call.clone(), bare_js.clone());
+                async move {
+                    call(i).await?;
+                    bare_js(i).await
+                }
+            };
+            floor_rates.push(measure(per_round, c, floor).await.per_second);
             let call = publish_call(
                 &caller,
                 "confirmed",
@@ -763,16 +776,27 @@ async fn confirmed(
             rates.push(rate.per_second);
             lost += rate.lost;
         }
-        let (bare_rate, rate) = (median(bare_rates), median(rates));
+        let (bare_rate, floor_rate, rate) =
+            (median(bare_rates), median(floor_rates), median(rates));
         report.add(
             &format!("bare JetStream publish 16 B c{c}"),
             bare_rate,
             "msg/s",
         );
+        report.add(
+            &format!("bare call then bare JetStream publish 16 B c{c}"),
+            floor_rate,
+            "ops/s",
+        );
         let name = format!("confirmed publish 16 B c{c}");
         report.add(&name, rate, "calls/s");
         report.add(&format!("{name} lost"), lost as f64, "calls");
         report.add(&format!("{name} / bare JetStream"), rate / bare_rate, "x");
+        report.add(
+            &format!("{name} / bare call then bare JetStream"),
+            rate / floor_rate,
+            "x",
+        );
     }
     Ok(())
 }
