@@ -584,18 +584,7 @@ async fn durable(
     sizes: &Sizes,
     report: &mut Report,
 ) -> anyhow::Result<()> {
-    let server = NatsServer::with(ServerOptions {
-        jetstream: true,
-        ..ServerOptions::default()
-    });
-    let js = async_nats::jetstream::new(server.client().await);
-    let stream = js
-        .create_stream(async_nats::jetstream::stream::Config {
-            name: "BENCH".to_string(),
-            subjects: vec!["bench.durable.>".to_string()],
-            ..Default::default()
-        })
-        .await?;
+    let (server, js, stream) = jetstream_stream("BENCH", "bench.durable.>").await?;
     let body = Bytes::from_static(&[b'x'; 16]);
     for max_in_flight in [16, 128] {
         let n = sizes.deliveries / 2;
@@ -640,6 +629,31 @@ async fn durable(
         provider.delete_link(&link).await;
     }
     Ok(())
+}
+
+/// A nats-server of its own with JetStream, and a stream `name` (file
+/// storage) on `subjects`.
+async fn jetstream_stream(
+    name: &str,
+    subjects: &str,
+) -> anyhow::Result<(
+    NatsServer,
+    async_nats::jetstream::Context,
+    async_nats::jetstream::stream::Stream,
+)> {
+    let server = NatsServer::with(ServerOptions {
+        jetstream: true,
+        ..ServerOptions::default()
+    });
+    let js = async_nats::jetstream::new(server.client().await);
+    let stream = js
+        .create_stream(async_nats::jetstream::stream::Config {
+            name: name.to_string(),
+            subjects: vec![subjects.to_string()],
+            ..Default::default()
+        })
+        .await?;
+    Ok((server, js, stream))
 }
 
 /// Stores `n` messages on `subject`, 1,024 acknowledgements in flight.
@@ -722,17 +736,7 @@ async fn confirmed(
     sizes: &Sizes,
     report: &mut Report,
 ) -> anyhow::Result<()> {
-    let server = NatsServer::with(ServerOptions {
-        jetstream: true,
-        ..ServerOptions::default()
-    });
-    let js = async_nats::jetstream::new(server.client().await);
-    js.create_stream(async_nats::jetstream::stream::Config {
-        name: "CONFIRMED".to_string(),
-        subjects: vec!["bench.confirmed.>".to_string()],
-        ..Default::default()
-    })
-    .await?;
+    let (server, js, _stream) = jetstream_stream("CONFIRMED", "bench.confirmed.>").await?;
     let _component = lattice.component("confirmed", Behaviour::no_op()).await;
     let servers = server.url();
     provider
