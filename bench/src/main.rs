@@ -22,6 +22,8 @@ use messaging_nats_harness::{
 };
 use wasmcloud_provider_sdk::core::logging::Level;
 
+mod charts;
+
 mod bindings {
     // The provider's world: its import `handler` gives the caller side of a
     // bare `handle-message` call.
@@ -74,12 +76,21 @@ impl Sizes {
 #[derive(Default)]
 struct Report {
     rows: Vec<(String, f64, String)>,
+    /// Figures measured over time, as (seconds, value) points, for charts.
+    samples: BTreeMap<String, Vec<(f64, f64)>>,
 }
 
 impl Report {
     fn add(&mut self, name: &str, value: f64, unit: &str) {
         println!("  {name}: {value:.3} {unit}");
         self.rows.push((name.to_string(), value, unit.to_string()));
+    }
+
+    fn value(&self, name: &str) -> Option<f64> {
+        self.rows
+            .iter()
+            .find(|(row, _, _)| row == name)
+            .map(|(_, value, _)| *value)
     }
 }
 
@@ -290,6 +301,13 @@ async fn main() -> anyhow::Result<()> {
     std::fs::write(&json_path, serde_json::to_string_pretty(&json)?)
         .with_context(|| format!("cannot write {json_path}"))?;
     println!("\nfigures written to {json_path}");
+    let dir = std::path::Path::new(&json_path)
+        .parent()
+        .filter(|dir| !dir.as_os_str().is_empty())
+        .unwrap_or(std::path::Path::new("."));
+    for chart in charts::write_all(&report, dir)? {
+        println!("chart written to {chart}");
+    }
 
     let missing: Vec<_> = report
         .rows
@@ -874,26 +892,34 @@ async fn memory(
         &[("subscriptions", "bench.burst"), ("max_in_flight", "16")],
     );
     fresh.put_link(&link).await;
-    let mut peak = fresh.rss_kib();
+    let burst_started = Instant::now();
+    let mut samples = vec![(0.0, mib(fresh.rss_kib()))];
+    let sample = |samples: &mut Vec<(f64, f64)>| {
+        samples.push((burst_started.elapsed().as_secs_f64(), mib(fresh.rss_kib())));
+    };
     for i in 0..sizes.burst {
         publisher.publish("bench.burst", body.clone()).await?;
         if i % 1000 == 0 {
-            peak = peak.max(fresh.rss_kib());
+            sample(&mut samples);
         }
     }
     publisher.flush().await?;
     for _ in 0..20 {
-        peak = peak.max(fresh.rss_kib());
+        sample(&mut samples);
         tokio::time::sleep(Duration::from_millis(100)).await;
     }
+    let peak = samples.iter().map(|(_, rss)| *rss).fold(0.0, f64::max);
     report.add(
         &format!(
             "RSS peak, burst of {} into a 20 ms handler, max_in_flight 16",
             sizes.burst
         ),
-        mib(peak),
+        peak,
         "MiB",
     );
+    report
+        .samples
+        .insert("rss during the burst".to_string(), samples);
     report.add(
         "peak in flight during the burst",
         slow.peak_in_flight() as f64,
