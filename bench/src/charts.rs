@@ -140,31 +140,20 @@ fn lines(
     let mut svg = frame(title, x_label, y_label, y_max);
     let x_at = |i: usize| LEFT + plot_width() * (i as f64 + 0.5) / labels.len() as f64;
     for (i, label) in labels.iter().enumerate() {
-        let _ = writeln!(
-            svg,
-            "<text x=\"{:.1}\" y=\"{}\" text-anchor=\"middle\">{}</text>",
-            x_at(i),
-            TOP + plot_height() + 18.0,
-            escape(label)
-        );
+        x_tick(&mut svg, x_at(i), label);
     }
     for (n, (name, values)) in series.iter().enumerate() {
         let colour = COLOURS[n % COLOURS.len()];
-        let points: Vec<String> = values
+        let points: Vec<(f64, f64)> = values
             .iter()
             .enumerate()
-            .map(|(i, v)| format!("{:.1},{:.1}", x_at(i), y_of(*v, y_max)))
+            .map(|(i, v)| (x_at(i), y_of(*v, y_max)))
             .collect();
-        let _ = writeln!(
-            svg,
-            "<polyline fill=\"none\" stroke=\"{colour}\" stroke-width=\"2\" points=\"{}\"/>",
-            points.join(" ")
-        );
-        for point in &points {
-            let (x, y) = point.split_once(',').unwrap_or_default();
+        polyline(&mut svg, colour, &points);
+        for (x, y) in &points {
             let _ = writeln!(
                 svg,
-                "<circle cx=\"{x}\" cy=\"{y}\" r=\"3.5\" fill=\"{colour}\"/>"
+                "<circle cx=\"{x:.1}\" cy=\"{y:.1}\" r=\"3.5\" fill=\"{colour}\"/>"
             );
         }
         legend(&mut svg, n, name, colour);
@@ -222,26 +211,38 @@ fn xy(title: &str, x_label: &str, y_label: &str, points: &[(f64, f64)]) -> Strin
     let x_of = |x: f64| LEFT + plot_width() * x / x_max;
     for step in 0..=4 {
         let x = x_max * f64::from(step) / 4.0;
-        let _ = writeln!(
-            svg,
-            "<text x=\"{:.1}\" y=\"{}\" text-anchor=\"middle\">{}</text>",
-            x_of(x),
-            TOP + plot_height() + 18.0,
-            short(x)
-        );
+        x_tick(&mut svg, x_of(x), &short(x));
     }
-    let line: Vec<String> = points
+    let line: Vec<(f64, f64)> = points
         .iter()
-        .map(|(x, y)| format!("{:.1},{:.1}", x_of(*x), y_of(*y, y_max)))
+        .map(|(x, y)| (x_of(*x), y_of(*y, y_max)))
+        .collect();
+    polyline(&mut svg, COLOURS[0], &line);
+    svg.push_str("</svg>\n");
+    svg
+}
+
+/// A label under the x axis at `x`.
+fn x_tick(svg: &mut String, x: f64, label: &str) {
+    let _ = writeln!(
+        svg,
+        "<text x=\"{x:.1}\" y=\"{}\" text-anchor=\"middle\">{}</text>",
+        TOP + plot_height() + 18.0,
+        escape(label)
+    );
+}
+
+/// A line through points already in the chart's coordinates.
+fn polyline(svg: &mut String, colour: &str, points: &[(f64, f64)]) {
+    let points: Vec<String> = points
+        .iter()
+        .map(|(x, y)| format!("{x:.1},{y:.1}"))
         .collect();
     let _ = writeln!(
         svg,
-        "<polyline fill=\"none\" stroke=\"{}\" stroke-width=\"2\" points=\"{}\"/>",
-        COLOURS[0],
-        line.join(" ")
+        "<polyline fill=\"none\" stroke=\"{colour}\" stroke-width=\"2\" points=\"{}\"/>",
+        points.join(" ")
     );
-    svg.push_str("</svg>\n");
-    svg
 }
 
 fn legend(svg: &mut String, n: usize, name: &str, colour: &str) {

@@ -277,7 +277,7 @@ async fn main() -> anyhow::Result<()> {
     }
     if runs("confirmed") {
         println!("confirmed publish (jetstream_publish) against a bare JetStream publish");
-        confirmed(&lattice, &provider, &bare, &sizes, &mut report).await?;
+        confirmed(&lattice, &provider, &caller, &bare, &sizes, &mut report).await?;
     }
     if runs("memory") {
         println!("memory");
@@ -750,6 +750,7 @@ async fn bare_durable(
 async fn confirmed(
     lattice: &Lattice,
     provider: &Provider,
+    caller: &Arc<wrpc_transport_nats::Client>,
     bare: &Arc<wrpc_transport_nats::Client>,
     sizes: &Sizes,
     report: &mut Report,
@@ -766,11 +767,6 @@ async fn confirmed(
             ],
         ))
         .await;
-    let nats = Arc::new(lattice.nats.client().await);
-    let caller = Arc::new(
-        wrpc_transport_nats::Client::new(nats, format!("{}.{}", lattice.name, provider.key), None)
-            .await?,
-    );
     let body = Bytes::from_static(&[b'x'; 16]);
     let per_round = (sizes.calls / ROUNDS).max(1);
     for c in [1, 16, 128] {
@@ -789,7 +785,7 @@ async fn confirmed(
             };
             floor_rates.push(measure(per_round, c, floor).await.per_second);
             let call = publish_call(
-                &caller,
+                caller,
                 "confirmed",
                 "bench.confirmed.provider",
                 body.clone(),

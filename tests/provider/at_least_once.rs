@@ -8,9 +8,11 @@ use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
 use async_nats::jetstream::{self, stream};
-use futures::StreamExt as _;
 
-use crate::support::{message, Behaviour, Caller, Lattice, Link, NatsServer, ServerOptions};
+use crate::support::{
+    create_stream, message, stream_messages, Behaviour, Caller, Lattice, Link, NatsServer,
+    ServerOptions,
+};
 
 /// What the publishers saw.
 #[derive(Default)]
@@ -77,35 +79,10 @@ fn kind_of(error: &str) -> String {
 
 /// Every body the stream stores, with how many times it is stored.
 async fn stored(js: &jetstream::Context, name: &str) -> HashMap<usize, usize> {
-    let stream = js.get_stream(name).await.expect("stream");
-    let consumer: jetstream::consumer::PullConsumer = stream
-        .create_consumer(jetstream::consumer::pull::Config {
-            ack_policy: jetstream::consumer::AckPolicy::None,
-            ..Default::default()
-        })
-        .await
-        .expect("reading consumer");
-    let total = stream.get_info().await.expect("info").state.messages as usize;
     let mut counts = HashMap::new();
-    let mut seen = 0;
-    while seen < total {
-        let mut batch = consumer
-            .fetch()
-            .max_messages(1000)
-            .expires(Duration::from_secs(2))
-            .messages()
-            .await
-            .expect("fetch");
-        let mut got = 0;
-        while let Some(Ok(msg)) = batch.next().await {
-            let body: usize = std::str::from_utf8(&msg.payload).unwrap().parse().unwrap();
-            *counts.entry(body).or_default() += 1;
-            got += 1;
-        }
-        if got == 0 {
-            break;
-        }
-        seen += got;
+    for msg in stream_messages(js, name).await {
+        let body: usize = std::str::from_utf8(&msg.payload).unwrap().parse().unwrap();
+        *counts.entry(body).or_default() += 1;
     }
     counts
 }
@@ -128,13 +105,7 @@ async fn confirmed_publishes_answered_ok_survive_a_sigkill_of_the_server() {
     let data = Arc::new(Mutex::new(jetstream_server().await));
     let url = data.lock().unwrap().url();
     let js = jetstream::new(async_nats::connect(&url).await.expect("data client"));
-    js.create_stream(stream::Config {
-        name: "ORDERS".into(),
-        subjects: vec!["orders.>".into()],
-        ..Default::default()
-    })
-    .await
-    .expect("stream");
+    create_stream(&js, "ORDERS", &["orders.>"]).await;
     let provider = lattice.provider(&[]).await;
     let component = lattice.component("c", Behaviour::default()).await;
     provider

@@ -4,16 +4,12 @@
 
 use async_nats::jetstream::{self, stream};
 
-use crate::support::{message, ConsumerSetup, Lattice, NatsServer, ServerOptions};
+use crate::support::{jetstream_lattice, message, ConsumerSetup};
 
 /// A consumer link with `jetstream_publish=orders.>` on a JetStream server
 /// whose stream ORDERS stores `orders.>` (made with `config`'s limits).
 async fn confirmed_setup(stream_config: stream::Config) -> (ConsumerSetup, jetstream::Context) {
-    let lattice = Lattice::on(NatsServer::with(ServerOptions {
-        jetstream: true,
-        ..ServerOptions::default()
-    }))
-    .await;
+    let lattice = jetstream_lattice().await;
     let js = jetstream::new(lattice.client.clone());
     if !stream_config.name.is_empty() {
         js.create_stream(stream_config).await.expect("stream");

@@ -4,34 +4,16 @@
 use std::collections::{BTreeMap, HashSet};
 use std::time::{Duration, Instant};
 
-use async_nats::jetstream::{self, consumer, stream};
+use async_nats::jetstream::{self, consumer};
 use futures::StreamExt as _;
 
 use crate::support::{
-    Behaviour, Lattice, Link, NatsServer, ProviderOptions, ServerExt as _, ServerOptions, WAIT,
+    create_stream, jetstream_lattice, Behaviour, Lattice, Link, NatsServer, ProviderOptions,
+    ServerExt as _, ServerOptions, WAIT,
 };
-
-/// A lattice whose server has JetStream, on a store of its own.
-async fn jetstream_lattice() -> Lattice {
-    Lattice::on(NatsServer::with(ServerOptions {
-        jetstream: true,
-        ..ServerOptions::default()
-    }))
-    .await
-}
 
 fn js(lattice: &Lattice) -> jetstream::Context {
     jetstream::new(lattice.client.clone())
-}
-
-async fn create_stream(js: &jetstream::Context, name: &str, subjects: &[&str]) -> stream::Stream {
-    js.create_stream(stream::Config {
-        name: name.to_string(),
-        subjects: subjects.iter().map(ToString::to_string).collect(),
-        ..Default::default()
-    })
-    .await
-    .expect("create stream")
 }
 
 /// Publishes bodies `0..n` through JetStream, each stored before the next.

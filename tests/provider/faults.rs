@@ -6,12 +6,11 @@ use std::sync::atomic::{AtomicUsize, Ordering};
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
-use futures::StreamExt as _;
 use wasmcloud_provider_sdk::core::secrets::SecretValue;
 
 use crate::support::{
-    echo_responder, message, next_message, pairs, round_trip, Behaviour, Lattice, Link, NatsServer,
-    ProviderOptions, ServerExt as _, ServerOptions, LAME_DUCK_CONFIG, WAIT,
+    echo_responder, message, next_message, pairs, round_trip, stream_messages, Behaviour, Lattice,
+    Link, NatsServer, ProviderOptions, ServerExt as _, ServerOptions, LAME_DUCK_CONFIG, WAIT,
 };
 
 #[tokio::test]
@@ -520,25 +519,11 @@ async fn restart_mid_traffic(restart: Restart) {
     }
 
     // What the server received, read back from the stream.
-    let stream = js.get_stream("RECEIVED").await.unwrap();
-    let consumer = stream
-        .create_consumer(async_nats::jetstream::consumer::pull::Config::default())
+    let stored: HashSet<String> = stream_messages(&js, "RECEIVED")
         .await
-        .unwrap();
-    let count = stream.cached_info().state.messages as usize;
-    let mut stored = HashSet::new();
-    let mut batch = consumer
-        .fetch()
-        .max_messages(count.max(1))
-        .messages()
-        .await
-        .unwrap();
-    while let Ok(Some(Ok(msg))) = tokio::time::timeout(Duration::from_secs(2), batch.next()).await {
-        stored.insert(msg.subject.to_string());
-        if stored.len() == count {
-            break;
-        }
-    }
+        .into_iter()
+        .map(|msg| msg.subject.to_string())
+        .collect();
     let ok = ok.lock().unwrap().clone();
     let (missing_after, missing_before): (Vec<&usize>, Vec<&usize>) = ok
         .iter()

@@ -6,9 +6,11 @@
 use std::collections::BTreeMap;
 use std::time::{Duration, Instant};
 
-use async_nats::jetstream::{self, consumer, stream};
+use async_nats::jetstream::{self, consumer};
 
-use crate::support::{Behaviour, Lattice, Link, NatsServer, Received, ServerOptions, WAIT};
+use crate::support::{
+    create_stream, jetstream_lattice, Behaviour, Lattice, Link, NatsServer, Received, WAIT,
+};
 
 /// Messages published to each of the three sources.
 const EACH: usize = 40;
@@ -20,26 +22,17 @@ async fn three_source_link(
     max_in_flight: &str,
     drain_timeout_ms: &str,
 ) -> (Lattice, crate::support::Provider, jetstream::Context) {
-    let lattice = Lattice::on(NatsServer::with(ServerOptions {
-        jetstream: true,
-        ..ServerOptions::default()
-    }))
-    .await;
+    let lattice = jetstream_lattice().await;
     let js = jetstream::new(lattice.client.clone());
-    js.create_stream(stream::Config {
-        name: "DUR".into(),
-        subjects: vec!["dur.>".into()],
-        ..Default::default()
-    })
-    .await
-    .expect("stream DUR")
-    .create_consumer(consumer::pull::Config {
-        durable_name: Some("bound".into()),
-        ack_policy: consumer::AckPolicy::Explicit,
-        ..Default::default()
-    })
-    .await
-    .expect("consumer bound");
+    create_stream(&js, "DUR", &["dur.>"])
+        .await
+        .create_consumer(consumer::pull::Config {
+            durable_name: Some("bound".into()),
+            ack_policy: consumer::AckPolicy::Explicit,
+            ..Default::default()
+        })
+        .await
+        .expect("consumer bound");
     let provider = lattice.provider(&[]).await;
     let line = provider
         .put_link(&Link::handler(

@@ -7,31 +7,11 @@ use std::time::{Duration, Instant};
 
 use futures::StreamExt as _;
 
-use crate::support::{round_trip, Behaviour, Caller, Lattice, Link, NatsServer, Provider};
+use crate::support::{
+    round_trip, stop_figures, Behaviour, Caller, Lattice, Link, NatsServer, Provider,
+};
 
 const MIB: u64 = 1024;
-
-/// The figures of a handler link's stop line ("delivered N, ... dropped M").
-fn stop_figures(provider: &Provider) -> Vec<(String, u64)> {
-    let line = provider
-        .logs
-        .lines()
-        .into_iter()
-        .find(|l| l.contains("handler link stopped"))
-        .expect("stop line");
-    let stats = line
-        .split("stats=")
-        .nth(1)
-        .unwrap_or_default()
-        .trim_matches('"');
-    stats
-        .split(", ")
-        .filter_map(|part| {
-            let (name, n) = part.trim_matches('"').rsplit_once(' ')?;
-            Some((name.to_string(), n.parse().ok()?))
-        })
-        .collect()
-}
 
 /// Publishes `n` messages of `size` bytes to `subject` as fast as the client
 /// takes them, sampling the provider's RSS; returns the peak in KiB.

@@ -14,8 +14,8 @@ use tokio::net::TcpListener;
 use tokio::sync::mpsc;
 
 use crate::support::{
-    echo_responder, round_trip, Behaviour, BrokerMessage, Lattice, Link, NatsServer, Provider,
-    ProviderOptions, ServerOptions,
+    create_stream, echo_responder, jetstream_lattice, round_trip, stop_figures, Behaviour,
+    BrokerMessage, Lattice, Link, Provider, ProviderOptions,
 };
 
 /// An OTLP/HTTP metrics receiver: answers every POST with 200 and hands
@@ -137,6 +137,22 @@ fn record(series: &mut Series, export: &ExportMetricsServiceRequest) {
     }
 }
 
+/// The attributes of the default link of `component`, and `extra`.
+fn of_link(
+    component: &'static str,
+    extra: &[(&'static str, &'static str)],
+) -> Vec<(&'static str, &'static str)> {
+    [
+        ("messaging.system", "nats"),
+        ("wasmcloud.component.id", component),
+        ("wasmcloud.link.name", "default"),
+    ]
+    .iter()
+    .chain(extra)
+    .copied()
+    .collect()
+}
+
 /// The value of `metric` for the series whose attributes include all of
 /// `with` and none of the keys in `without`.
 fn value(series: &Series, metric: &str, with: &[(&str, &str)], without: &[&str]) -> Option<f64> {
@@ -192,14 +208,7 @@ async fn deliveries_publishes_and_requests_are_exported_per_link() {
         .unwrap()
         .unwrap();
 
-    let link = [
-        ("messaging.system", "nats"),
-        ("wasmcloud.component.id", "worker"),
-        ("wasmcloud.link.name", "default"),
-    ];
-    let with = |extra: &[(&'static str, &'static str)]| {
-        link.iter().chain(extra).copied().collect::<Vec<_>>()
-    };
+    let with = |extra| of_link("worker", extra);
     let expected: Vec<Expected> = vec![
         ("messaging.client.consumed.messages", with(&[]), vec![], 5.0),
         (
@@ -267,39 +276,13 @@ async fn wait_exported(
     }
 }
 
-/// The `dropped` figure of the first handler link stop line.
-fn dropped_at_stop(provider: &Provider) -> u64 {
-    let line = provider
-        .logs
-        .lines()
-        .into_iter()
-        .find(|l| l.contains("handler link stopped"))
-        .expect("stop line");
-    line.split("dropped ")
-        .nth(1)
-        .and_then(|rest| rest.split(',').next())
-        .and_then(|n| n.parse().ok())
-        .expect("dropped figure")
-}
-
 #[tokio::test]
 async fn dead_lettered_and_dropped_messages_are_exported_for_their_own_link() {
     let mut receiver = Receiver::start().await;
-    let lattice = Lattice::on(NatsServer::with(ServerOptions {
-        jetstream: true,
-        ..ServerOptions::default()
-    }))
-    .await;
+    let lattice = jetstream_lattice().await;
     let js = async_nats::jetstream::new(lattice.client.clone());
-    for (name, subject) in [("JOBS", "jobs.>"), ("DEAD", "dead.>")] {
-        js.create_stream(async_nats::jetstream::stream::Config {
-            name: name.to_string(),
-            subjects: vec![subject.to_string()],
-            ..Default::default()
-        })
-        .await
-        .expect("stream");
-    }
+    create_stream(&js, "JOBS", &["jobs.>"]).await;
+    create_stream(&js, "DEAD", &["dead.>"]).await;
     let provider = lattice
         .provider_with(ProviderOptions {
             metrics_endpoint: Some(receiver.url.clone()),
@@ -361,30 +344,22 @@ async fn dead_lettered_and_dropped_messages_are_exported_for_their_own_link() {
             l.contains("handler link stopped")
         })
         .await;
-    let dropped = dropped_at_stop(&provider);
+    let dropped = stop_figures(&provider)
+        .into_iter()
+        .find_map(|(name, n)| (name == "dropped").then_some(n))
+        .expect("dropped figure");
     assert!(dropped > 0, "nothing was left to drop");
 
-    let of = |component: &'static str, extra: &[(&'static str, &'static str)]| {
-        [
-            ("messaging.system", "nats"),
-            ("wasmcloud.component.id", component),
-            ("wasmcloud.link.name", "default"),
-        ]
-        .iter()
-        .chain(extra)
-        .copied()
-        .collect::<Vec<_>>()
-    };
     let expected: Vec<Expected> = vec![
         (
             "wasmcloud.messaging.dead_lettered.messages",
-            of("failing", &[]),
+            of_link("failing", &[]),
             vec![],
             2.0,
         ),
         (
             "wasmcloud.messaging.dropped.messages",
-            of("slow", &[("reason", "drain_timeout")]),
+            of_link("slow", &[("reason", "drain_timeout")]),
             vec![],
             dropped as f64,
         ),
@@ -396,7 +371,7 @@ async fn dead_lettered_and_dropped_messages_are_exported_for_their_own_link() {
     ];
     for (metric, component) in foreign {
         assert_eq!(
-            value(&series, metric, &of(component, &[]), &[]),
+            value(&series, metric, &of_link(component, &[]), &[]),
             None,
             "{metric} counted for {component}"
         );

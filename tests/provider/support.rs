@@ -6,6 +6,7 @@
 use anyhow::bail;
 use bytes::Bytes;
 use futures::StreamExt as _;
+use std::time::Duration;
 
 pub mod credentials;
 
@@ -62,6 +63,89 @@ pub fn message(subject: &str, body: &[u8]) -> BrokerMessage {
         body: Bytes::copy_from_slice(body),
         reply_to: None,
     }
+}
+
+/// A lattice whose server has JetStream, on a store of its own.
+pub async fn jetstream_lattice() -> Lattice {
+    Lattice::on(NatsServer::with(ServerOptions {
+        jetstream: true,
+        ..ServerOptions::default()
+    }))
+    .await
+}
+
+/// Creates stream `name` (file storage) on `subjects`.
+pub async fn create_stream(
+    js: &async_nats::jetstream::Context,
+    name: &str,
+    subjects: &[&str],
+) -> async_nats::jetstream::stream::Stream {
+    js.create_stream(async_nats::jetstream::stream::Config {
+        name: name.to_string(),
+        subjects: subjects.iter().map(ToString::to_string).collect(),
+        ..Default::default()
+    })
+    .await
+    .expect("create stream")
+}
+
+/// Every message stream `name` stores, read by a consumer of its own
+/// that acks nothing.
+pub async fn stream_messages(
+    js: &async_nats::jetstream::Context,
+    name: &str,
+) -> Vec<async_nats::jetstream::Message> {
+    use async_nats::jetstream::consumer;
+    let stream = js.get_stream(name).await.expect("stream");
+    let reader: consumer::PullConsumer = stream
+        .create_consumer(consumer::pull::Config {
+            ack_policy: consumer::AckPolicy::None,
+            ..Default::default()
+        })
+        .await
+        .expect("reading consumer");
+    let total = stream.get_info().await.expect("info").state.messages as usize;
+    let mut messages = Vec::with_capacity(total);
+    while messages.len() < total {
+        let mut batch = reader
+            .fetch()
+            .max_messages(1000)
+            .expires(Duration::from_secs(2))
+            .messages()
+            .await
+            .expect("fetch");
+        let before = messages.len();
+        while let Some(Ok(msg)) = batch.next().await {
+            messages.push(msg);
+        }
+        if messages.len() == before {
+            break;
+        }
+    }
+    messages
+}
+
+/// The figures of the first handler link stop line ("delivered N, ...
+/// dropped M").
+pub fn stop_figures(provider: &Provider) -> Vec<(String, u64)> {
+    let line = provider
+        .logs
+        .lines()
+        .into_iter()
+        .find(|l| l.contains("handler link stopped"))
+        .expect("stop line");
+    let stats = line
+        .split("stats=")
+        .nth(1)
+        .unwrap_or_default()
+        .trim_matches('"');
+    stats
+        .split(", ")
+        .filter_map(|part| {
+            let (name, n) = part.trim_matches('"').rsplit_once(' ')?;
+            Some((name.to_string(), n.parse().ok()?))
+        })
+        .collect()
 }
 
 /// Reads the next message of a subscription within the wait.

@@ -146,13 +146,19 @@ impl NatsServer {
     /// Stops the server as an operator would (SIGTERM: it closes client
     /// connections and flushes JetStream), killing it after a bound.
     pub fn stop(&mut self) {
+        self.signal_and_wait("-TERM", STOP_TIMEOUT);
+    }
+
+    /// Sends `signal` to the server and waits up to `bound` for it to
+    /// exit, then kills it.
+    fn signal_and_wait(&mut self, signal: &str, bound: Duration) {
         let Some(mut child) = self.child.take() else {
             return;
         };
         let _ = Command::new("kill")
-            .args(["-TERM", &child.id().to_string()])
+            .args([signal, &child.id().to_string()])
             .status();
-        let deadline = Instant::now() + STOP_TIMEOUT;
+        let deadline = Instant::now() + bound;
         while matches!(child.try_wait(), Ok(None)) && Instant::now() < deadline {
             std::thread::sleep(Duration::from_millis(20));
         }
@@ -173,18 +179,8 @@ impl NatsServer {
     /// exits), then a start on the same ports and store. Needs the lame
     /// duck durations in the server's config (see [`LAME_DUCK_CONFIG`]).
     pub fn lame_duck_restart(&mut self) {
-        if let Some(mut child) = self.child.take() {
-            let _ = Command::new("kill")
-                .args(["-USR2", &child.id().to_string()])
-                .status();
-            // One client closed a second, after the grace period.
-            let deadline = Instant::now() + LAME_DUCK_WAIT;
-            while matches!(child.try_wait(), Ok(None)) && Instant::now() < deadline {
-                std::thread::sleep(Duration::from_millis(20));
-            }
-            let _ = child.kill();
-            let _ = child.wait();
-        }
+        // One client closed a second, after the grace period.
+        self.signal_and_wait("-USR2", LAME_DUCK_WAIT);
         self.run();
     }
 
