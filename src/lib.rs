@@ -13,6 +13,7 @@ mod config;
 mod connection;
 mod consumer;
 pub mod host_data;
+mod lattice;
 mod link;
 mod metrics;
 mod provider;

@@ -100,6 +100,9 @@ async fn run() -> anyhow::Result<()> {
     let host_shutdown = run_provider(provider.clone(), PROVIDER_NAME)
         .await
         .context("failed to start the provider")?;
+    // Now that the SDK listens for link puts: any the host sent before is
+    // found in the lattice's links.
+    provider.watch_lattice_links();
     let stopped = {
         let provider = provider.clone();
         async move {

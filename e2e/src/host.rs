@@ -179,14 +179,8 @@ impl Host {
         par: &Path,
         config: &[&str],
     ) -> Result<()> {
-        let reference = file_reference(par)?;
-        let config = config.iter().map(|c| (*c).to_owned()).collect();
-        let response = self
-            .ctl
-            .start_provider(&self.id, &reference, provider_id, None, config)
-            .await
-            .map_err(|e| anyhow!(e))?;
-        succeeded(response, "start provider")?;
+        self.request_provider_start(provider_id, par, config)
+            .await?;
         self.wait_until(&format!("provider {provider_id} to run"), |inventory| {
             inventory.providers().iter().any(|p| p.id() == provider_id)
         })
@@ -194,25 +188,52 @@ impl Host {
         self.wait_provider_healthy(provider_id).await
     }
 
+    /// Asks the host to start the provider archive at `par` under
+    /// `provider_id` with the named `config`; the host answers before the
+    /// provider runs.
+    pub async fn request_provider_start(
+        &self,
+        provider_id: &str,
+        par: &Path,
+        config: &[&str],
+    ) -> Result<()> {
+        let reference = file_reference(par)?;
+        let config = config.iter().map(|c| (*c).to_owned()).collect();
+        let response = self
+            .ctl
+            .start_provider(&self.id, &reference, provider_id, None, config)
+            .await
+            .map_err(|e| anyhow!(e))?;
+        succeeded(response, "start provider")
+    }
+
     /// Waits until the provider answers a health request on the lattice, which
     /// it does once its control subscriptions are in place.
-    async fn wait_provider_healthy(&self, provider_id: &str) -> Result<()> {
-        let subject = format!("wasmbus.rpc.{}.{provider_id}.health", self.lattice);
+    pub async fn wait_provider_healthy(&self, provider_id: &str) -> Result<()> {
         let deadline = Instant::now() + READY_TIMEOUT;
-        loop {
-            let answer = tokio::time::timeout(
-                Duration::from_millis(500),
-                self.nats.request(subject.clone(), bytes::Bytes::new()),
-            )
-            .await;
-            if let Ok(Ok(_)) = answer {
-                return Ok(());
-            }
+        while self.provider_health(provider_id).await.is_err() {
             if Instant::now() > deadline {
                 bail!("provider {provider_id} did not answer health requests within {READY_TIMEOUT:?}");
             }
             tokio::time::sleep(Duration::from_millis(100)).await;
         }
+        Ok(())
+    }
+
+    /// The provider's answer to a health request: healthy, and its message.
+    pub async fn provider_health(&self, provider_id: &str) -> Result<(bool, String)> {
+        let subject = format!("wasmbus.rpc.{}.{provider_id}.health", self.lattice);
+        let answer = tokio::time::timeout(
+            Duration::from_millis(500),
+            self.nats.request(subject, bytes::Bytes::new()),
+        )
+        .await
+        .context("no health answer within 500 ms")??;
+        let health: serde_json::Value = serde_json::from_slice(&answer.payload)?;
+        Ok((
+            health["healthy"].as_bool().unwrap_or(false),
+            health["message"].as_str().unwrap_or_default().to_owned(),
+        ))
     }
 
     /// Stops a provider through the host. The host asks the provider to shut

@@ -14,6 +14,7 @@ mod lifecycle;
 mod link;
 mod memory;
 mod metrics;
+mod missed;
 mod publish;
 mod request;
 mod security;

@@ -5,6 +5,7 @@ mod common;
 mod lifecycle;
 mod messaging;
 mod readme;
+mod startup;
 mod wadm;
 mod wadm_manifest;
 mod wash;

@@ -15,6 +15,7 @@ use wasmcloud_provider_sdk::core::secrets::SecretValue;
 use wasmcloud_provider_sdk::core::{HostData, InterfaceLinkDefinition, OtelConfig, OtelProtocol};
 
 use crate::component::{Behaviour, Component};
+use crate::control::ControlInterface;
 use crate::server::{NatsServer, ServerExt as _};
 use crate::WAIT;
 
@@ -92,6 +93,9 @@ pub struct Lattice {
     pub nats: NatsServer,
     pub name: String,
     pub client: async_nats::Client,
+    /// The links and config the lattice holds, as its control interface
+    /// answers for them.
+    pub control: ControlInterface,
     host_xkey: nkeys::XKey,
 }
 
@@ -109,10 +113,12 @@ impl Lattice {
             LATTICES.fetch_add(1, Ordering::Relaxed)
         );
         let client = nats.client().await;
+        let control = ControlInterface::serve(&client, &name).await;
         Self {
             nats,
             name,
             client,
+            control,
             host_xkey: nkeys::XKey::new(),
         }
     }
@@ -151,6 +157,33 @@ impl Lattice {
                 .expect("publish");
         }
         self.client.flush().await.expect("flush");
+    }
+
+    /// The lattice holds `link` of the provider `provider_key`, as a host
+    /// stores it (its config under a name of its own; its secrets, if any,
+    /// named `SECRET_...`), without a put being sent to the provider.
+    pub fn hold_link(&self, provider_key: &str, link: &Link) {
+        let config_name = format!("{}-{}-{}", link.component, link.name, link.interface);
+        let mut names = vec![config_name.clone()];
+        if !link.secrets.is_empty() {
+            names.push(format!("SECRET_{}-{}", link.component, link.name));
+        }
+        let (source_id, target, source_config, target_config) = match link.direction {
+            Direction::Handler => (provider_key, link.component.as_str(), names, Vec::new()),
+            Direction::Consumer => (link.component.as_str(), provider_key, Vec::new(), names),
+        };
+        let stored = serde_json::json!({
+            "source_id": source_id,
+            "target": target,
+            "name": link.name,
+            "wit_namespace": "wasmcloud",
+            "wit_package": "messaging",
+            "interfaces": [link.interface],
+            "source_config": source_config,
+            "target_config": target_config,
+        });
+        self.control
+            .hold(stored, vec![(config_name, link.config.clone())]);
     }
 
     /// Plays a component: serves `handler` under `id` on this lattice.

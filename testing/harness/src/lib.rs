@@ -8,6 +8,7 @@ use std::path::PathBuf;
 use std::time::Duration;
 
 pub mod component;
+pub mod control;
 pub mod host;
 pub mod server;
 

@@ -11,6 +11,7 @@ use bytes::Bytes;
 use tokio_util::sync::CancellationToken;
 use tokio_util::task::TaskTracker;
 use tracing::{debug, error, info, warn};
+use wasmcloud_provider_sdk::core::secrets::SecretValue;
 use wasmcloud_provider_sdk::{
     get_connection, Context, HealthCheckRequest, HealthCheckResponse, LinkConfig, LinkDeleteInfo,
     Provider, ProviderConfigUpdate, ProviderInitConfig,
@@ -23,6 +24,10 @@ use crate::consumer::{BrokerMessage, ConsumerError, ConsumerLink};
 use crate::link::{HandlerLink, LinkCounters, Target};
 use crate::metrics::{LinkMetrics, Operation};
 use crate::trace_context;
+
+mod reconcile;
+
+use self::reconcile::RecentDeletes;
 
 /// The two kinds of link, as health and logs name them.
 const HANDLER: &str = "handler";
@@ -48,12 +53,12 @@ impl LinkKey {
     }
 
     /// A handler link: the provider is its source, the component its target.
-    fn handler(link: &LinkConfig<'_>) -> Self {
+    fn handler(link: &LinkPut<'_>) -> Self {
         Self::new(link.target_id, link.link_name)
     }
 
     /// A consumer link: the component is its source.
-    fn consumer(link: &LinkConfig<'_>) -> Self {
+    fn consumer(link: &LinkPut<'_>) -> Self {
         Self::new(link.source_id, link.link_name)
     }
 }
@@ -61,6 +66,64 @@ impl LinkKey {
 impl fmt::Display for LinkKey {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         write!(f, "{}/{}", self.component_id, self.link_name)
+    }
+}
+
+/// A link put as the provider reads it, from the host (the SDK's
+/// [`LinkConfig`]) or from the lattice's links (see [`reconcile`]).
+struct LinkPut<'a> {
+    source_id: &'a str,
+    target_id: &'a str,
+    link_name: &'a str,
+    /// The config of the provider's end of the link.
+    config: &'a HashMap<String, String>,
+    secrets: &'a HashMap<String, SecretValue>,
+    namespace: &'a str,
+    package: &'a str,
+    interfaces: &'a [String],
+}
+
+impl<'a> From<&'a LinkConfig<'a>> for LinkPut<'a> {
+    fn from(link: &'a LinkConfig<'a>) -> Self {
+        let (namespace, package, interfaces) = link.wit_metadata;
+        Self {
+            source_id: link.source_id,
+            target_id: link.target_id,
+            link_name: link.link_name,
+            config: link.config,
+            secrets: link.secrets,
+            namespace,
+            package,
+            interfaces,
+        }
+    }
+}
+
+/// Where a link put comes from.
+#[derive(Clone, Copy)]
+enum PutOrigin {
+    /// The host sent it (start-up data or `linkdefs.put`): it replaces
+    /// whatever the provider holds for the link.
+    Host,
+    /// Found in the lattice's links, asked for at `asked_at` (see
+    /// [`reconcile`]): applied only if the provider holds nothing for the
+    /// link and the host did not delete it since, since any put or delete
+    /// the host sent is as new or newer.
+    Lattice { asked_at: Instant },
+}
+
+impl MessagingProvider {
+    /// True if a put of `origin` is to be applied to the link of `kind`
+    /// under `key` now; logs one that was missed.
+    fn applies(&self, origin: PutOrigin, kind: &'static str, key: &LinkKey) -> bool {
+        let PutOrigin::Lattice { asked_at } = origin else {
+            return true;
+        };
+        if self.holds(kind, key) || self.state.deletes.deleted_since(kind, key, asked_at) {
+            return false;
+        }
+        info!(link = %key, "link missed while the provider was not listening; applying it as the lattice holds it");
+        true
     }
 }
 
@@ -82,6 +145,8 @@ impl Default for MessagingProvider {
                 handlers: RwLock::default(),
                 consumers: RwLock::default(),
                 rejected: RwLock::default(),
+                stopping: CancellationToken::new(),
+                deletes: RecentDeletes::default(),
                 host_shutdown_done: CancellationToken::new(),
             }),
         }
@@ -105,6 +170,12 @@ struct State {
     /// Why the last put of a link was refused, until it is deleted or put
     /// again with settings that work: health says so.
     rejected: RwLock<HashMap<(&'static str, LinkKey), String>>,
+    /// Cancelled when shutdown starts: work that runs for the provider's
+    /// life (the watch on the lattice's links) ends.
+    stopping: CancellationToken,
+    /// Deletes the host sent lately, so that a link found in the lattice's
+    /// links just before its delete is not brought back.
+    deletes: RecentDeletes,
     /// Cancelled once the host's shutdown call has drained everything.
     host_shutdown_done: CancellationToken,
 }
@@ -135,6 +206,7 @@ impl MessagingProvider {
     /// drain timeout), consumer links go, and connections close; returns
     /// once all of that is done or after [`SHUTDOWN_TIMEOUT`].
     pub async fn shutdown_now(&self) {
+        self.state.stopping.cancel();
         // After the link starts already asked for (each bounded by its
         // connect timeout): one that finished after this would be left
         // running.
@@ -175,7 +247,7 @@ impl MessagingProvider {
     fn link_settings(
         &self,
         role: LinkRole,
-        link: &LinkConfig<'_>,
+        link: &LinkPut<'_>,
         key: &LinkKey,
     ) -> anyhow::Result<LinkSettings> {
         let defaults = read(&self.state.defaults).clone();
@@ -235,7 +307,7 @@ impl MessagingProvider {
     /// that the host's other calls (health above all) are not held up
     /// while it waits on NATS. Starts and deletes of handler links run one
     /// at a time, in the order the host sent them.
-    fn put_handler_link(&self, link: &LinkConfig<'_>) -> anyhow::Result<()> {
+    fn put_handler_link(&self, link: &LinkPut<'_>, origin: PutOrigin) -> anyhow::Result<()> {
         let key = LinkKey::handler(link);
         check_interface(link, HANDLER)?;
         let settings = self.link_settings(LinkRole::Handler, link, &key)?;
@@ -248,6 +320,11 @@ impl MessagingProvider {
             let _changes = this.state.link_changes.lock().await;
             if this.state.tasks.is_closed() {
                 return; // the provider is shutting down
+            }
+            // Every put and delete the host sent before has been handled
+            // (the lock is taken in order): one of them settled the link.
+            if !this.applies(origin, HANDLER, &key) {
+                return;
             }
             let result = this.start_handler_link(&key, settings).await;
             this.record_rejection(HANDLER, key, result);
@@ -328,7 +405,7 @@ impl MessagingProvider {
         &self,
         kind: &'static str,
         key: LinkKey,
-        link: &LinkConfig<'_>,
+        link: &LinkPut<'_>,
         result: anyhow::Result<()>,
     ) -> anyhow::Result<()> {
         let reply = match &result {
@@ -342,7 +419,11 @@ impl MessagingProvider {
         reply
     }
 
-    async fn start_consumer_link(&self, link: &LinkConfig<'_>) -> anyhow::Result<()> {
+    async fn start_consumer_link(
+        &self,
+        link: &LinkPut<'_>,
+        origin: PutOrigin,
+    ) -> anyhow::Result<()> {
         let key = LinkKey::consumer(link);
         check_interface(link, CONSUMER)?;
         let settings = self.link_settings(LinkRole::Consumer, link, &key)?;
@@ -353,10 +434,25 @@ impl MessagingProvider {
             settings: settings.consumer,
             metrics: LinkMetrics::new(&key.component_id, &key.link_name),
         });
+        // A put or delete the host sent while this one waited on NATS is
+        // newer. (Checked and inserted without a yield in between.)
+        if !self.applies(origin, CONSUMER, &key) {
+            return Ok(());
+        }
         // The replaced link's connection lease goes with it.
         write(&self.state.consumers).insert(key.clone(), consumer);
         info!(link = %key, servers, "consumer link ready");
         Ok(())
+    }
+
+    /// True if the provider runs the link of `kind` under `key`, or keeps
+    /// why it refused it.
+    fn holds(&self, kind: &'static str, key: &LinkKey) -> bool {
+        let running = match kind {
+            HANDLER => read(&self.state.handlers).contains_key(key),
+            _ => read(&self.state.consumers).contains_key(key),
+        };
+        running || read(&self.state.rejected).contains_key(&(kind, key.clone()))
     }
 }
 
@@ -365,10 +461,15 @@ fn join(items: impl Iterator<Item = String>) -> String {
 }
 
 /// Refuses a link that is not for `wasmcloud:messaging/<interface>`.
-fn check_interface(link: &LinkConfig<'_>, interface: &str) -> anyhow::Result<()> {
-    let (namespace, package, interfaces) = link.wit_metadata;
-    if namespace != WIT_NAMESPACE
-        || package != WIT_PACKAGE
+fn check_interface(link: &LinkPut<'_>, interface: &str) -> anyhow::Result<()> {
+    let LinkPut {
+        namespace,
+        package,
+        interfaces,
+        ..
+    } = link;
+    if *namespace != WIT_NAMESPACE
+        || *package != WIT_PACKAGE
         || !interfaces.iter().any(|i| i == interface)
     {
         bail!(
@@ -434,17 +535,20 @@ impl Provider for MessagingProvider {
     }
 
     async fn receive_link_config_as_source(&self, link: LinkConfig<'_>) -> anyhow::Result<()> {
-        let result = self.put_handler_link(&link);
+        let link = LinkPut::from(&link);
+        let result = self.put_handler_link(&link, PutOrigin::Host);
         self.settle_link_put(HANDLER, LinkKey::handler(&link), &link, result)
     }
 
     async fn receive_link_config_as_target(&self, link: LinkConfig<'_>) -> anyhow::Result<()> {
-        let result = self.start_consumer_link(&link).await;
+        let link = LinkPut::from(&link);
+        let result = self.start_consumer_link(&link, PutOrigin::Host).await;
         self.settle_link_put(CONSUMER, LinkKey::consumer(&link), &link, result)
     }
 
     async fn delete_link_as_source(&self, info: impl LinkDeleteInfo) -> anyhow::Result<()> {
         let key = LinkKey::new(info.get_target_id(), info.get_link_name());
+        self.state.deletes.record(HANDLER, &key);
         // After any start of the link the host sent before (one still
         // waiting on NATS would put the link back). The host is answered at
         // once; the link drains in the background.
@@ -464,6 +568,7 @@ impl Provider for MessagingProvider {
 
     async fn delete_link_as_target(&self, info: impl LinkDeleteInfo) -> anyhow::Result<()> {
         let key = LinkKey::new(info.get_source_id(), info.get_link_name());
+        self.state.deletes.record(CONSUMER, &key);
         write(&self.state.rejected).remove(&(CONSUMER, key.clone()));
         if write(&self.state.consumers).remove(&key).is_some() {
             info!(link = %key, "consumer link deleted");

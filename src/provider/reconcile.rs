@@ -1,0 +1,207 @@
+//! Links the provider missed: a host publishes each link put once, on core
+//! NATS, so a put sent while the provider was not listening (starting up,
+//! or with its lattice connection down) is lost, and nothing sends it again
+//! (wasmCloud's start-up race, wasmcloud-otp #361). Once the provider
+//! listens, and after every reconnect of its lattice connection, it asks
+//! the lattice for its links ([`crate::lattice`]) and applies those it
+//! holds nothing for, as the host would have sent them.
+//!
+//! A link whose config names secrets (`SECRET_*`) cannot be applied this
+//! way: only the host fetches and decrypts them. Such a link is not run
+//! with part of its settings; health names it until it is put again or
+//! deleted.
+
+use std::sync::atomic::Ordering;
+use std::sync::Mutex;
+use std::time::{Duration, Instant};
+
+use tracing::{debug, error, info, warn};
+use wasmcloud_provider_sdk::core::secrets::SecretValue;
+use wasmcloud_provider_sdk::get_connection;
+
+use super::{write, LinkKey, LinkPut, MessagingProvider, PutOrigin, CONSUMER, HANDLER};
+use crate::connection::lock;
+use crate::lattice::{secret_names, ControlInterface, LatticeError, StoredLink, CTL_TIMEOUT};
+
+/// When the links are asked for again after the first time: a host
+/// publishes a put before it records the link, and another host answering
+/// may not have seen the link yet; a second look a little later finds it.
+const SECOND_LOOK: Duration = Duration::from_secs(3);
+
+/// How often the lattice connection's reconnect count is read.
+const RECONNECT_POLL: Duration = Duration::from_secs(2);
+
+/// How long a delete is remembered: longer than one pass of asking for
+/// links and their config takes at most, so that a link deleted after the
+/// lattice was asked is not brought back by that pass.
+const DELETE_MEMORY: Duration = CTL_TIMEOUT.saturating_mul(20);
+
+/// Links the host deleted lately, with when.
+#[derive(Default)]
+pub(super) struct RecentDeletes(Mutex<Vec<(Instant, &'static str, LinkKey)>>);
+
+impl RecentDeletes {
+    /// Notes that the host deleted the link of `kind` under `key` now.
+    pub(super) fn record(&self, kind: &'static str, key: &LinkKey) {
+        let now = Instant::now();
+        let mut deletes = lock(&self.0);
+        deletes.retain(|(at, ..)| now.duration_since(*at) < DELETE_MEMORY);
+        deletes.push((now, kind, key.clone()));
+    }
+
+    /// True if the link was deleted at or after `since`.
+    pub(super) fn deleted_since(&self, kind: &'static str, key: &LinkKey, since: Instant) -> bool {
+        lock(&self.0)
+            .iter()
+            .any(|(at, k, deleted)| *at >= since && *k == kind && deleted == key)
+    }
+}
+
+impl MessagingProvider {
+    /// Asks the lattice for the provider's links now (the SDK's link
+    /// subscriptions were sent before, on the same connection, so the server
+    /// has them once it routes this request), again [`SECOND_LOOK`] later,
+    /// and after every reconnect of the lattice connection, until shutdown.
+    pub fn watch_lattice_links(&self) {
+        let this = self.clone();
+        self.state.tasks.spawn(async move {
+            let stopping = this.state.stopping.clone();
+            stopping
+                .run_until_cancelled(this.reconcile_for_life())
+                .await;
+        });
+    }
+
+    async fn reconcile_for_life(&self) {
+        let stats = get_connection().nats.statistics();
+        let mut connects = stats.connects.load(Ordering::Relaxed);
+        let mut last_problem = None;
+        self.reconcile_reporting(&mut last_problem).await;
+        tokio::time::sleep(SECOND_LOOK).await;
+        self.reconcile_reporting(&mut last_problem).await;
+        let mut poll = tokio::time::interval(RECONNECT_POLL);
+        loop {
+            poll.tick().await;
+            let now = stats.connects.load(Ordering::Relaxed);
+            if now != connects {
+                connects = now;
+                debug!("lattice connection re-established; asking for its links again");
+                self.reconcile_reporting(&mut last_problem).await;
+            }
+        }
+    }
+
+    /// One look at the lattice's links (more than one pass if a pass went
+    /// stale); a failure is a warning the first time it is seen.
+    async fn reconcile_reporting(&self, last_problem: &mut Option<LatticeError>) {
+        loop {
+            match self.reconcile().await {
+                Ok(Pass::Stale) => continue,
+                Ok(Pass::Done) => *last_problem = None,
+                Err(problem) => {
+                    if last_problem.as_ref() != Some(&problem) {
+                        warn!(%problem, "cannot ask the lattice for this provider's links; a link put while the provider was not listening stays missing");
+                    }
+                    *last_problem = Some(problem);
+                }
+            }
+            return;
+        }
+    }
+
+    /// Applies every link of this provider that the lattice holds and the
+    /// provider does not.
+    async fn reconcile(&self) -> Result<Pass, LatticeError> {
+        let connection = get_connection();
+        let provider_id = connection.provider_key();
+        let ctl = ControlInterface {
+            nats: &connection.nats,
+            lattice: &connection.lattice,
+        };
+        let asked_at = Instant::now();
+        let links = ctl.links().await?;
+        let (mut own, mut missed) = (0, 0);
+        for link in &links {
+            let Some((kind, key)) = end_of(link, provider_id) else {
+                continue;
+            };
+            own += 1;
+            if asked_at.elapsed() > DELETE_MEMORY / 2 {
+                // Deletes from before this pass are being forgotten: the
+                // rest is asked for again.
+                return Ok(Pass::Stale);
+            }
+            // Checked again when applied: a put may arrive meanwhile.
+            if self.holds(kind, &key) {
+                continue;
+            }
+            missed += 1;
+            let names = link.config_names_for(provider_id);
+            let secrets = secret_names(names);
+            if !secrets.is_empty() {
+                let reason = format!(
+                    "link {key} was missed while the provider was not listening, and names \
+                     secrets ({}) that only the host can decrypt; put the link again or restart \
+                     the provider",
+                    secrets.join(",")
+                );
+                error!(error = %reason, "link missed");
+                write(&self.state.rejected).insert((kind, key), reason);
+                continue;
+            }
+            let config = match ctl.merged_config(names).await {
+                Ok(config) => config,
+                // The host skips such a link as well.
+                Err(problem) => {
+                    warn!(link = %key, %problem, "missed link not applied: its config cannot be resolved");
+                    continue;
+                }
+            };
+            let secrets = std::collections::HashMap::<String, SecretValue>::new();
+            let link_config = LinkPut {
+                source_id: &link.source_id,
+                target_id: &link.target,
+                link_name: &link.name,
+                config: &config,
+                secrets: &secrets,
+                namespace: &link.wit_namespace,
+                package: &link.wit_package,
+                interfaces: &link.interfaces,
+            };
+            let origin = PutOrigin::Lattice { asked_at };
+            let result = if kind == HANDLER {
+                self.put_handler_link(&link_config, origin)
+            } else {
+                self.start_consumer_link(&link_config, origin).await
+            };
+            if result.is_err() {
+                self.record_rejection(kind, key, result);
+            }
+        }
+        // Each missed link applied is logged as it is (see `applies`).
+        info!(
+            links = own,
+            not_held = missed,
+            "checked the lattice's links for any this provider missed"
+        );
+        Ok(Pass::Done)
+    }
+}
+
+/// How a pass over the lattice's links ended.
+enum Pass {
+    Done,
+    /// It ran so long that the lattice's answer is stale.
+    Stale,
+}
+
+/// Which end of `link` this provider is, and the link's key, if it is one.
+fn end_of(link: &StoredLink, provider_id: &str) -> Option<(&'static str, LinkKey)> {
+    if link.source_id == provider_id {
+        Some((HANDLER, LinkKey::new(&link.target, &link.name)))
+    } else if link.target == provider_id {
+        Some((CONSUMER, LinkKey::new(&link.source_id, &link.name)))
+    } else {
+        None
+    }
+}
