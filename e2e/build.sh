@@ -1,9 +1,11 @@
 #!/usr/bin/env bash
 # Builds everything the end-to-end tests and the demo run: installs what is
 # missing (nats-server, the wasm32-wasip2 target), patches the host crate
-# (prepare-host.sh), then builds the provider, the echo component and the e2e
-# crate, all in release mode, and leaves the artifacts wadm.yaml deploys in
-# build/ (messaging-nats.par.gz, echo_component.wasm). Honours CARGO_TARGET_DIR.
+# (prepare-host.sh), then builds the provider archive for every target
+# (scripts/package; `e2e/build.sh --native` builds only this machine's), the
+# echo component and the e2e crate, all in release mode, and leaves the
+# artifacts wadm.yaml deploys in build/ (messaging-nats.par.gz,
+# echo_component.wasm). Honours CARGO_TARGET_DIR.
 set -euo pipefail
 # Say which command failed: `set -e` alone ends the script without a word.
 trap 'rc=$?; echo "$(basename "$0"): failed (exit $rc) at line $LINENO: $BASH_COMMAND" >&2' ERR
@@ -30,8 +32,11 @@ fi
 step "preparing the wasmcloud-host crate"
 "$e2e/prepare-host.sh"
 
-step "building the provider (cargo build --release --bin messaging-nats)"
-(cd "$repo" && cargo build --release --bin messaging-nats)
+targets="every target"
+[[ " $* " == *" --native "* ]] && targets="this machine's target"
+step "building the provider archive for $targets (scripts/package $*)"
+# Signed with the keys in $WASH_KEYS or ~/.wash/keys (made on first use).
+"$repo/scripts/package" "$@"
 
 step "building the echo component (wasm32-wasip2)"
 cargo build --release --target wasm32-wasip2 \
@@ -41,11 +46,8 @@ step "building the e2e crate with the embedded host (first build: 10-20 min on 2
 # From inside e2e/ so that cargo reads the patch in e2e/.cargo/config.toml.
 (cd "$e2e" && cargo build --release --bins --tests)
 
-step "packaging build/messaging-nats.par.gz and build/echo_component.wasm"
+step "copying build/echo_component.wasm"
 mkdir -p "$repo/build"
-# Signed with the keys in $WASH_KEYS or ~/.wash/keys (made on first use).
-(cd "$repo" && cargo run --release --quiet -p messaging-nats-package --bin package -- \
-    --out "$repo/build/messaging-nats.par.gz")
 component_target="${CARGO_TARGET_DIR:-$repo/examples/echo-component/target}"
 cp "$component_target/wasm32-wasip2/release/echo_component.wasm" "$repo/build/echo_component.wasm"
 

@@ -9,6 +9,7 @@
 //! small counts and checks only that every figure was produced.
 
 use std::collections::BTreeMap;
+use std::path::{Path, PathBuf};
 use std::sync::atomic::{AtomicUsize, Ordering};
 use std::sync::Arc;
 use std::time::{Duration, Instant};
@@ -76,14 +77,29 @@ impl Sizes {
 #[derive(Default)]
 struct Report {
     rows: Vec<(String, f64, String)>,
+    /// Appended to every figure's name while a second build of the
+    /// provider is measured (`--compare`).
+    label: Option<String>,
     /// Figures measured over time, as (seconds, value) points, for charts.
     samples: BTreeMap<String, Vec<(f64, f64)>>,
 }
 
 impl Report {
     fn add(&mut self, name: &str, value: f64, unit: &str) {
+        let name = match &self.label {
+            Some(label) => format!("{name} [{label}]"),
+            None => name.to_string(),
+        };
         println!("  {name}: {value:.3} {unit}");
-        self.rows.push((name.to_string(), value, unit.to_string()));
+        self.rows.push((name, value, unit.to_string()));
+    }
+
+    fn add_samples(&mut self, name: &str, samples: Vec<(f64, f64)>) {
+        let name = match &self.label {
+            Some(label) => format!("{name} [{label}]"),
+            None => name.to_string(),
+        };
+        self.samples.insert(name, samples);
     }
 
     fn value(&self, name: &str) -> Option<f64> {
@@ -151,11 +167,13 @@ fn percentile(sorted: &[Duration], p: f64) -> Duration {
 }
 
 /// The provider as a host starts it by default: logging at `info` (the
-/// tests' `debug` formats lines on the delivery path).
-fn provider_options(key: &str) -> ProviderOptions {
+/// tests' `debug` formats lines on the delivery path); `binary` is the
+/// executable, unless the default.
+fn provider_options(key: &str, binary: Option<&Path>) -> ProviderOptions {
     ProviderOptions {
         key: key.to_string(),
         log_level: Level::Info,
+        binary: binary.map(Path::to_path_buf),
         ..ProviderOptions::default()
     }
 }
@@ -227,13 +245,26 @@ async fn main() -> anyhow::Result<()> {
         .iter()
         .position(|a| a == "--only")
         .and_then(|i| args.get(i + 1).cloned());
+    // `--compare LABEL=PATH` (repeatable) measures publish, delivery and
+    // memory again with the provider executable at PATH, its figures named
+    // `[LABEL]` (the glibc build beside the static one the archive ships).
+    let mut compare = Vec::new();
+    for (i, arg) in args.iter().enumerate() {
+        if arg == "--compare" {
+            let spec = args.get(i + 1).context("--compare needs LABEL=PATH")?;
+            let (label, path) = spec
+                .split_once('=')
+                .with_context(|| format!("--compare takes LABEL=PATH, not {spec:?}"))?;
+            compare.push((label.to_string(), PathBuf::from(path)));
+        }
+    }
     let runs = |part: &str| only.as_deref().is_none_or(|o| o == part);
     let sizes = Sizes::new(quick);
     let mut report = Report::default();
 
     let lattice = Lattice::start().await;
     let provider = lattice
-        .provider_with(provider_options("messaging-nats-bench"))
+        .provider_with(provider_options("messaging-nats-bench", None))
         .await;
     let nats = Arc::new(lattice.nats.client().await);
     // The bare call is every ratio's baseline: measured unless only raw
@@ -244,15 +275,7 @@ async fn main() -> anyhow::Result<()> {
             .await?,
     );
     let _publisher = lattice.component("pub", Behaviour::no_op()).await;
-    provider.put_link(&Link::consumer("pub", &[])).await;
-    let caller = Arc::new(
-        wrpc_transport_nats::Client::new(
-            Arc::clone(&nats),
-            format!("{}.{}", lattice.name, provider.key),
-            None,
-        )
-        .await?,
-    );
+    let caller = publishing_caller(&lattice, &provider, &nats).await?;
 
     if runs("raw") {
         println!("raw NATS");
@@ -281,7 +304,25 @@ async fn main() -> anyhow::Result<()> {
     }
     if runs("memory") {
         println!("memory");
-        memory(&lattice, &provider, &sizes, &mut report).await?;
+        memory(&lattice, &provider, None, &sizes, &mut report).await?;
+    }
+    for (label, binary) in &compare {
+        println!(
+            "the {label} build ({}): publish, delivery, memory",
+            binary.display()
+        );
+        report.label = Some(label.clone());
+        let other = lattice
+            .provider_with(provider_options(
+                &format!("messaging-nats-bench-{label}"),
+                Some(binary),
+            ))
+            .await;
+        let caller = publishing_caller(&lattice, &other, &nats).await?;
+        calls(&bare, Some(&caller), &sizes, &mut report).await;
+        deliveries(&lattice, &other, &bare, &sizes, &mut report).await?;
+        memory(&lattice, &other, Some(binary), &sizes, &mut report).await?;
+        report.label = None;
     }
 
     print_table(&report, quick);
@@ -324,6 +365,24 @@ async fn main() -> anyhow::Result<()> {
         bail!("figures not produced: {missing:?}");
     }
     Ok(())
+}
+
+/// A wRPC client that calls `provider`'s `consumer` export as the component
+/// `pub`, which gets a consumer link for it.
+async fn publishing_caller(
+    lattice: &Lattice,
+    provider: &Provider,
+    nats: &Arc<async_nats::Client>,
+) -> anyhow::Result<Arc<wrpc_transport_nats::Client>> {
+    provider.put_link(&Link::consumer("pub", &[])).await;
+    Ok(Arc::new(
+        wrpc_transport_nats::Client::new(
+            Arc::clone(nats),
+            format!("{}.{}", lattice.name, provider.key),
+            None,
+        )
+        .await?,
+    ))
 }
 
 /// Rounds in which the bare call and `publish` are measured in turn, so
@@ -841,6 +900,7 @@ async fn wait_handled(component: &Component, count: usize) -> (usize, Instant) {
 async fn memory(
     lattice: &Lattice,
     provider: &Provider,
+    binary: Option<&Path>,
     sizes: &Sizes,
     report: &mut Report,
 ) -> anyhow::Result<()> {
@@ -849,7 +909,10 @@ async fn memory(
     report.add("RSS after the runs above", mib(provider.rss_kib()), "MiB");
 
     let fresh = lattice
-        .provider_with(provider_options("bench-memory"))
+        .provider_with(provider_options(
+            &format!("{}-memory", provider.key),
+            binary,
+        ))
         .await;
     tokio::time::sleep(Duration::from_millis(500)).await;
     report.add("RSS idle", mib(fresh.rss_kib()), "MiB");
@@ -913,9 +976,7 @@ async fn memory(
         peak,
         "MiB",
     );
-    report
-        .samples
-        .insert("rss during the burst".to_string(), samples);
+    report.add_samples("rss during the burst", samples);
     report.add(
         "peak in flight during the burst",
         slow.peak_in_flight() as f64,

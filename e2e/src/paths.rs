@@ -33,14 +33,19 @@ pub fn provider_target_dir() -> PathBuf {
     target_dir(&repo_root())
 }
 
-/// The release build of the provider (`cargo build --release --bin messaging-nats`).
+/// The provider executable the archive ships for this machine (the static
+/// x86_64-linux one here), as `scripts/package` builds it.
 pub fn provider_bin() -> Result<PathBuf> {
+    let host_name = messaging_nats_package::native_target();
+    let target = messaging_nats_package::targets::target(&host_name)
+        .with_context(|| format!("the archive has no executable for {host_name}"))?;
     existing(
         PROVIDER_BIN_ENV,
         target_dir(&repo_root())
+            .join(target.rust_triple)
             .join("release")
-            .join("messaging-nats"),
-        "cargo build --release --bin messaging-nats",
+            .join(format!("messaging-nats{}", target.exe_suffix)),
+        "scripts/package --native",
     )
 }
 

@@ -13,6 +13,8 @@ use anyhow::{anyhow, bail, Context as _, Result};
 use nkeys::KeyPair;
 use provider_archive::ProviderArchive;
 
+pub mod targets;
+
 /// Name in the archive's claims.
 pub const PROVIDER_NAME: &str = "messaging-nats";
 /// Vendor in the archive's claims (the `vendor` of `wasmcloud.toml`).

@@ -4,20 +4,27 @@
 use std::path::{Path, PathBuf};
 use std::process::ExitCode;
 
-use anyhow::{bail, Context as _, Result};
-use messaging_nats_package::{default_keys_dir, native_target, Package, BINARY_NAME};
+use anyhow::{anyhow, bail, Context as _, Result};
+use messaging_nats_package::targets::{check_executable, target, TARGETS};
+use messaging_nats_package::{default_keys_dir, Package};
+use provider_archive::ProviderArchive;
 
 const USAGE: &str = "\
-usage: package [--out PATH] [--bin PATH] [--target NAME=PATH]... [--keys-dir DIR] [--fresh-keys]
+usage: package --target NAME=PATH... [--out PATH] [--keys-dir DIR] [--fresh-keys]
+       package --check ARCHIVE
+       package --print-targets
 
-Writes the messaging-nats provider archive.
+Writes, or checks, the messaging-nats provider archive.
+  --target NAME=PATH  add the executable at PATH for the host target NAME
+                      (x86_64-linux, aarch64-macos, ...); each is checked first
   --out PATH          archive to write (default: build/messaging-nats.par.gz in the repository)
-  --bin PATH          provider executable for this machine's target
-                      (default: $CARGO_TARGET_DIR or target/, then release/messaging-nats)
-  --target NAME=PATH  also add the executable at PATH for target NAME (e.g. aarch64-linux)
   --keys-dir DIR      folder of the signing keys (default: $WASH_KEYS or ~/.wash/keys);
                       missing keys are created there and reused by later builds
-  --fresh-keys        replace the stored keys with new ones (a new provider identity)";
+  --fresh-keys        replace the stored keys with new ones (a new provider identity)
+  --check ARCHIVE     check that ARCHIVE holds an executable for every target, each one a
+                      host of that target can start, and print what each is
+  --print-targets     print the targets, one a line: host name, Rust target, executable
+                      suffix (or -), oldest macOS (or -)";
 
 #[tokio::main(flavor = "current_thread")]
 async fn main() -> ExitCode {
@@ -34,8 +41,7 @@ async fn run() -> Result<()> {
     let manifest_dir = Path::new(env!("CARGO_MANIFEST_DIR"));
     let repo = manifest_dir.parent().unwrap_or(manifest_dir).to_path_buf();
     let mut out = repo.join("build").join("messaging-nats.par.gz");
-    let mut bin = None;
-    let mut others = Vec::new();
+    let mut executables = Vec::new();
     let mut keys_dir = None;
     let mut fresh_keys = false;
     let mut args = std::env::args().skip(1);
@@ -46,7 +52,6 @@ async fn run() -> Result<()> {
         };
         match arg.as_str() {
             "--out" => out = PathBuf::from(value("--out")?),
-            "--bin" => bin = Some(PathBuf::from(value("--bin")?)),
             "--keys-dir" => keys_dir = Some(PathBuf::from(value("--keys-dir")?)),
             "--fresh-keys" => fresh_keys = true,
             "--target" => {
@@ -54,7 +59,22 @@ async fn run() -> Result<()> {
                 let Some((name, path)) = spec.split_once('=') else {
                     bail!("--target takes NAME=PATH, not {spec:?}");
                 };
-                others.push((name.to_string(), PathBuf::from(path)));
+                executables.push((name.to_string(), PathBuf::from(path)));
+            }
+            "--check" => return check(Path::new(&value("--check")?)).await,
+            "--print-targets" => {
+                for t in TARGETS {
+                    let or_dash =
+                        |s: Option<&str>| s.filter(|s| !s.is_empty()).unwrap_or("-").to_string();
+                    println!(
+                        "{} {} {} {}",
+                        t.host_name,
+                        t.rust_triple,
+                        or_dash(Some(t.exe_suffix)),
+                        or_dash(t.macos_min)
+                    );
+                }
+                return Ok(());
             }
             "-h" | "--help" => {
                 println!("{USAGE}");
@@ -63,21 +83,20 @@ async fn run() -> Result<()> {
             other => bail!("unknown argument {other:?}\n{USAGE}"),
         }
     }
-    let bin = match bin {
-        Some(bin) => bin,
-        None => std::env::var_os("CARGO_TARGET_DIR")
-            .map_or_else(|| repo.join("target"), PathBuf::from)
-            .join("release")
-            .join(BINARY_NAME),
-    };
-    if !bin.is_file() {
-        bail!(
-            "no provider executable at {}: build it first (cargo build --release --bin {BINARY_NAME}) or name it with --bin",
-            bin.display()
-        );
+    if executables.is_empty() {
+        bail!("no executable to package: name each with --target NAME=PATH\n{USAGE}");
     }
-    let mut executables = vec![(native_target(), bin)];
-    executables.extend(others);
+    for (name, path) in &executables {
+        let target = target(name).with_context(|| {
+            format!(
+                "unknown target {name:?}; the targets are {}",
+                target_names()
+            )
+        })?;
+        let bytes = std::fs::read(path)
+            .with_context(|| format!("cannot read the executable {}", path.display()))?;
+        check_executable(target, &bytes)?;
+    }
     let keys_dir = match keys_dir {
         Some(dir) => dir,
         None => default_keys_dir()?,
@@ -106,6 +125,41 @@ async fn run() -> Result<()> {
     Ok(())
 }
 
+fn target_names() -> String {
+    TARGETS.map(|t| t.host_name).join(", ")
+}
+
+/// Checks every executable of the archive at `path` (see `--check`).
+async fn check(path: &Path) -> Result<()> {
+    let archive = ProviderArchive::try_load_file(path)
+        .await
+        .map_err(|e| anyhow!("cannot read {}: {e}", path.display()))?;
+    let mut held = archive.targets();
+    held.sort();
+    let mut wanted: Vec<_> = TARGETS.iter().map(|t| t.host_name.to_string()).collect();
+    wanted.sort();
+    if held != wanted {
+        bail!(
+            "{} holds executables for {}, not for every target ({})",
+            path.display(),
+            held.join(", "),
+            target_names()
+        );
+    }
+    for target in TARGETS {
+        let bytes = archive
+            .target_bytes(target.host_name)
+            .with_context(|| format!("no executable for {}", target.host_name))?;
+        println!("{}", check_executable(&target, &bytes)?);
+    }
+    println!(
+        "{}: {} targets, {:.1} MB",
+        path.display(),
+        TARGETS.len(),
+        std::fs::metadata(path)?.len() as f64 / 1e6
+    );
+    Ok(())
+}
 /// The provider crate's version, from its `Cargo.toml`.
 fn provider_version(repo: &Path) -> Result<String> {
     let manifest = repo.join("Cargo.toml");

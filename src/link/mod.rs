@@ -42,6 +42,8 @@ const ABORT_GRACE: Duration = ACK_TIMEOUT.saturating_add(Duration::from_secs(1))
 /// A running handler link. Dropping it without [`stop`](Self::stop) aborts
 /// its sources without draining.
 pub(crate) struct HandlerLink {
+    /// `component/link`, naming the link in its stop line.
+    name: String,
     drain: Drain,
     sources: Vec<JoinHandle<()>>,
     drain_timeout: Duration,
@@ -124,6 +126,7 @@ impl HandlerLink {
             sources.push(tasks.spawn(durable.run(slots.queue()).instrument(span)));
         }
         Ok(Self {
+            name: link,
             drain,
             sources,
             drain_timeout: settings.drain_timeout,
@@ -188,7 +191,7 @@ impl HandlerLink {
                 }
             }
         }
-        info!(stats = self.counters.summary(), "handler link stopped");
+        info!(link = %self.name, stats = self.counters.summary(), "handler link stopped");
     }
 }
 

@@ -100,7 +100,7 @@ async fn link_delete_answers_while_its_drain_goes_on() {
         tokio::time::sleep(Duration::from_millis(10)).await;
     }
 
-    provider.delete_link(&slow).await;
+    provider.start_link_delete(&slow).await;
     let health = provider.health().await;
     lattice
         .client

@@ -85,8 +85,10 @@ async fn health_is_unhealthy_while_a_link_connection_is_down() {
     provider
         .put_link(&Link::consumer("c", &[("cluster_uris", &data.url())]))
         .await;
-    let (healthy, _) = provider.health().await.unwrap();
-    assert!(healthy);
+    // A consumer link is taken before its connection is up.
+    provider
+        .wait_for_health("the connection up", WAIT, |healthy, _| healthy)
+        .await;
 
     data.stop();
     let (healthy, message) = provider

@@ -208,6 +208,8 @@ pub struct ProviderOptions {
     /// Where the host tells the provider to export metrics (OTLP over
     /// HTTP), with a short export interval; unset: metrics off.
     pub metrics_endpoint: Option<String>,
+    /// The executable to start instead of [`crate::provider_binary`].
+    pub binary: Option<std::path::PathBuf>,
 }
 
 impl Default for ProviderOptions {
@@ -220,6 +222,7 @@ impl Default for ProviderOptions {
             rust_log: None,
             links: Vec::new(),
             metrics_endpoint: None,
+            binary: None,
         }
     }
 }
@@ -262,6 +265,7 @@ impl Provider {
             rust_log,
             links,
             metrics_endpoint,
+            binary,
         } = options;
         let provider_xkey = nkeys::XKey::new();
         let provider_xkey_public =
@@ -302,7 +306,8 @@ impl Provider {
             Some(_) => &[("OTEL_METRIC_EXPORT_INTERVAL", "200")],
             None => &[],
         };
-        let (child, logs) = spawn_provider_with(line.as_bytes(), rust_log.as_deref(), env);
+        let binary = binary.unwrap_or_else(crate::provider_binary);
+        let (child, logs) = spawn_provider_with(&binary, line.as_bytes(), rust_log.as_deref(), env);
 
         Self {
             key: key.clone(),
@@ -375,7 +380,7 @@ impl Provider {
     pub async fn put_link(&self, link: &Link) -> String {
         let from = self.logs.line_count();
         self.send_link_put(link).await;
-        let marker = format!("link={}/{}", link.component, link.name);
+        let marker = link.log_marker();
         self.logs
             .wait_for(from, "confirming the link", |line| {
                 (line.contains("link ready") && line.contains(&marker))
@@ -397,8 +402,27 @@ impl Provider {
             .expect("publish link put");
     }
 
-    /// Deletes a link and waits until the provider has handled it.
+    /// Deletes a link and waits until it is gone: a handler link drained
+    /// and stopped (its subscriptions and pulls withdrawn), a consumer link
+    /// removed.
     pub async fn delete_link(&self, link: &Link) {
+        let from = self.logs.line_count();
+        self.start_link_delete(link).await;
+        let gone = match link.direction {
+            Direction::Handler => "handler link stopped",
+            Direction::Consumer => "consumer link deleted",
+        };
+        let marker = link.log_marker();
+        self.logs
+            .wait_for(from, "the link gone", |l| {
+                l.contains(gone) && l.contains(&marker)
+            })
+            .await;
+    }
+
+    /// Deletes a link and waits only until the provider has taken the
+    /// delete: a handler link may still be draining.
+    pub async fn start_link_delete(&self, link: &Link) {
         let from = self.logs.line_count();
         let ld = link.definition(self);
         let subject = format!("wasmbus.rpc.{}.{}.linkdefs.del", self.lattice, self.key);
@@ -406,7 +430,7 @@ impl Provider {
             .publish(subject, serde_json::to_vec(&ld).expect("link json").into())
             .await
             .expect("publish link del");
-        let marker = format!("link={}/{}", link.component, link.name);
+        let marker = link.log_marker();
         self.logs
             .wait_for(from, "confirming the delete", |l| {
                 l.contains("link deleted") && l.contains(&marker)
@@ -493,16 +517,17 @@ impl Provider {
 /// Starts the provider binary with `stdin` as its standard input and
 /// collects every line it prints, stdout and stderr alike.
 pub fn spawn_provider(stdin: &[u8], rust_log: Option<&str>) -> (Child, Logs) {
-    spawn_provider_with(stdin, rust_log, &[])
+    spawn_provider_with(&crate::provider_binary(), stdin, rust_log, &[])
 }
 
 /// [`spawn_provider`] with more environment variables.
 fn spawn_provider_with(
+    binary: &std::path::Path,
     stdin: &[u8],
     rust_log: Option<&str>,
     env: &[(&str, &str)],
 ) -> (Child, Logs) {
-    let mut command = Command::new(crate::provider_binary());
+    let mut command = crate::provider_command(binary);
     if let Some(filter) = rust_log {
         command.env("RUST_LOG", filter);
     }
@@ -589,6 +614,11 @@ impl Link {
                 .collect(),
             secrets: HashMap::new(),
         }
+    }
+
+    /// How the provider's log lines name the link.
+    fn log_marker(&self) -> String {
+        format!("link={}/{}", self.component, self.name)
     }
 
     pub fn named(mut self, name: &str) -> Self {

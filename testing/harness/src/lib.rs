@@ -5,6 +5,7 @@
 //! `consumer` over wRPC). The provider's tests and its benchmark use it.
 
 use std::path::PathBuf;
+use std::process::Command;
 use std::time::Duration;
 
 pub mod component;
@@ -20,6 +21,23 @@ pub use server::{
 
 /// How long a helper waits for something that should happen promptly.
 pub const WAIT: Duration = Duration::from_secs(10);
+
+/// The command that starts the provider executable `binary`, run through
+/// `PROVIDER_RUNNER` if that is set (an emulator for an executable of
+/// another target, such as `qemu-aarch64` or `wine`; words after the first
+/// are its arguments).
+pub fn provider_command(binary: &std::path::Path) -> Command {
+    let runner = std::env::var("PROVIDER_RUNNER").unwrap_or_default();
+    let mut words = runner.split_whitespace();
+    match words.next() {
+        Some(program) => {
+            let mut command = Command::new(program);
+            command.args(words).arg(binary);
+            command
+        }
+        None => Command::new(binary),
+    }
+}
 
 /// Names the provider executable to start: `MESSAGING_NATS_PROVIDER_BIN`
 /// if set, else `messaging-nats` in the cargo target folder of the running
