@@ -12,12 +12,6 @@ use wasmcloud_provider_sdk::{get_connection, run_provider};
 
 const PROVIDER_NAME: &str = "messaging-nats";
 
-/// The static (musl) builds allocate with mimalloc: musl's own allocator
-/// made publishes of 16 KiB 20% slower than glibc's (BENCHMARKS.md).
-#[cfg(target_env = "musl")]
-#[global_allocator]
-static ALLOCATOR: mimalloc::MiMalloc = mimalloc::MiMalloc;
-
 /// Log filter added after the host's `RUST_LOG`: the SDK logs whole link
 /// definitions, config values included, at debug level, and a user may have
 /// put a credential in link config rather than in secrets.
@@ -38,14 +32,30 @@ fn log_filter(rust_log: &str, host_level: Option<&Level>) -> String {
         filter.push(',');
         filter.push_str(NATS_CLIENT_QUIET);
     }
-    let verbose = rust_log.contains("debug")
-        || rust_log.contains("trace")
-        || matches!(host_level, Some(Level::Debug | Level::Trace));
+    let verbose =
+        asks_for_debug(rust_log) || matches!(host_level, Some(Level::Debug | Level::Trace));
     if verbose {
         filter.push(',');
         filter.push_str(LOG_CAP);
     }
     filter.trim_start_matches(',').to_string()
+}
+
+/// True if a directive of `rust_log` lets debug output through: a level of
+/// `debug` or `trace` in any case, or `4` or `5`, as the filter reads them;
+/// or a bare target, which enables every level of it.
+fn asks_for_debug(rust_log: &str) -> bool {
+    rust_log.split(',').map(str::trim).any(|directive| {
+        let (level, bare) = match directive.rsplit_once('=') {
+            Some((_, level)) => (level.trim(), false),
+            None => (directive, true),
+        };
+        match level.to_ascii_lowercase().as_str() {
+            "debug" | "trace" | "4" | "5" => true,
+            "" | "off" | "error" | "warn" | "info" | "0" | "1" | "2" | "3" => false,
+            _ => bare,
+        }
+    })
 }
 
 fn main() -> std::process::ExitCode {
@@ -272,5 +282,21 @@ mod tests {
             log_filter("", Some(&Level::Debug)),
             "async_nats=warn,wasmcloud_provider_sdk=info"
         );
+    }
+
+    #[test]
+    fn debug_is_asked_for_in_every_spelling_the_filter_reads() {
+        for rust_log in [
+            "DEBUG",
+            "Trace",
+            "5",
+            "info,messaging_nats=4",
+            "wasmcloud_provider_sdk",
+        ] {
+            assert!(asks_for_debug(rust_log), "{rust_log}");
+        }
+        for rust_log in ["", "warn", "INFO", "3", "info,messaging_nats=warn", "off"] {
+            assert!(!asks_for_debug(rust_log), "{rust_log}");
+        }
     }
 }
