@@ -12,7 +12,7 @@
 use std::collections::{HashMap, HashSet};
 use std::path::Path;
 use std::sync::atomic::{AtomicBool, AtomicU64, AtomicUsize, Ordering};
-use std::sync::{Arc, Mutex, MutexGuard, PoisonError, Weak};
+use std::sync::{Arc, Mutex, Weak};
 use std::time::Duration;
 
 use anyhow::{anyhow, Context as _};
@@ -26,6 +26,7 @@ use tokio_util::task::TaskTracker;
 use tracing::{debug, error, info, warn};
 
 use crate::config::{self, Auth, ConnectionSettings, TlsSettings};
+use crate::sync::lock;
 
 /// Name the provider's connections carry in the server's connection list.
 const CLIENT_NAME: &str = "wasmcloud-messaging-nats";
@@ -36,7 +37,7 @@ const MAX_RECONNECT_ATTEMPTS: usize = 10;
 
 /// How long closing a released connection may take to flush what it still
 /// holds before the client is dropped; the server may be unreachable.
-const CLOSE_TIMEOUT: Duration = Duration::from_secs(2);
+pub(crate) const CLOSE_TIMEOUT: Duration = Duration::from_secs(2);
 
 /// Delay before reconnect attempt `attempt`: at once, then doubling from
 /// 250 ms up to 4 s, as the NATS client's own default does.
@@ -97,12 +98,6 @@ struct Signals {
     /// publish checks it, and reading it from the client copies the whole
     /// server info. Cleared on every (re)connection and new client.
     max_payload: AtomicUsize,
-}
-
-/// The std locks here are never held across an await or a call that can
-/// panic; a poisoned one still holds consistent data, so it is used as is.
-pub(crate) fn lock<T>(mutex: &Mutex<T>) -> MutexGuard<'_, T> {
-    mutex.lock().unwrap_or_else(PoisonError::into_inner)
 }
 
 impl NatsConnection {

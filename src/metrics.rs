@@ -34,7 +34,7 @@ fn instruments() -> &'static Instruments {
         Instruments {
             consumed: meter
                 .u64_counter("messaging.client.consumed.messages")
-                .with_description("Messages a handler link received for its component")
+                .with_description("Messages a handler link handed to its component: each handle-message call started, a redelivery again")
                 .with_unit("{message}")
                 .build(),
             process_duration: meter

@@ -119,8 +119,9 @@ impl Wash {
         self.run_in(command, dir).await
     }
 
-    /// Runs a shell command line (a README line) in `dir`, with this
-    /// `wash` first on the `PATH`.
+    /// Runs a shell command line (a README block) in `dir`, with this
+    /// `wash` first on the `PATH`; the first command that fails ends it
+    /// with its status, as a user pasting it would see.
     pub async fn shell(&self, dir: &Path, line: &str) -> Result<Run> {
         let wash_dir = self.binary.parent().context("wash has no folder")?;
         let path = std::env::join_paths(
@@ -131,7 +132,8 @@ impl Wash {
             ),
         )?;
         let mut command = Command::new("bash");
-        command.args(["-c", line]).env("PATH", path);
+        let script = format!("set -euo pipefail\n{line}");
+        command.args(["-c", &script]).env("PATH", path);
         self.run_in(command, dir).await
     }
 

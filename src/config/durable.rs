@@ -63,7 +63,8 @@ impl DurableSettings {
 pub(crate) struct DurableSource {
     pub(crate) stream: String,
     pub(crate) consumer: ConsumerSpec,
-    /// Most messages one fetch asks for (never more than free delivery slots).
+    /// Most messages one fetch asks for (it never asks for more than the
+    /// link can deliver now).
     pub(crate) max_messages: Option<usize>,
     /// Most bytes one fetch asks for.
     pub(crate) max_bytes: Option<usize>,

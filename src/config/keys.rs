@@ -61,11 +61,13 @@ pub(crate) enum Form {
         default: Default,
     },
     /// A duration in whole units (`unit`: milliseconds or seconds) from 1
-    /// to `max`: a zero timeout or interval is never what anybody means.
+    /// to `max`: a zero timeout or interval is never what anybody means,
+    /// unless `zero_means_default` (then `0` is read as unset).
     Duration {
         unit: Unit,
         max: u64,
         default: Default,
+        zero_means_default: bool,
     },
     /// A comma-separated list of such durations.
     Durations { unit: Unit, max: u64 },
@@ -120,6 +122,24 @@ macro_rules! key_table {
 /// longer than ten minutes is a job, not a message.
 const TEN_MINUTES_MS: u64 = 600_000;
 const ONE_MINUTE_MS: u64 = 60_000;
+
+/// The largest accepted `drain_timeout_ms`, which bounds a shutdown.
+pub(crate) const MAX_DRAIN_TIMEOUT: Duration = Duration::from_millis(ONE_MINUTE_MS);
+
+/// The default of `publish_deny`, written once for the key's table entry
+/// and for the parser.
+macro_rules! default_publish_deny {
+    () => {
+        "wasmbus.>,*.*.wrpc.>,$SYS.>,$JS.API.>,$KV.>,$O.>"
+    };
+}
+
+/// What a consumer link may not send to unless its `publish_deny` says
+/// otherwise: the lattice's control plane (`wasmbus.>`), wRPC invocations of
+/// other components and providers (`{lattice}.{target}.wrpc.>`), the
+/// server's system account, and the JetStream, KV and object store APIs
+/// where the host keeps its lattice data and config.
+pub(crate) const DEFAULT_PUBLISH_DENY: &str = default_publish_deny!();
 
 key_table! {
     SUBSCRIPTIONS = Key {
@@ -258,8 +278,11 @@ key_table! {
             unit: Unit::Seconds,
             max: 3_600,
             default: Default::Unset("client default (60)"),
+            zero_means_default: true,
         },
         table: Table::Links,
+        // The v1 provider never read this key: its users' `0` means the
+        // client's default, not an error.
         doc: "seconds between pings to the server; `0` means the client's default",
     };
     CONNECT_TIMEOUT_MS = Key {
@@ -272,9 +295,10 @@ key_table! {
             unit: Unit::Millis,
             max: ONE_MINUTE_MS,
             default: Default::Value(2_000),
+            zero_means_default: false,
         },
         table: Table::Links,
-        doc: "how long a new link waits for the server to confirm its subscriptions (a round trip); after that the link is kept and connects in the background (a link put holds up the host's other calls this long at most)",
+        doc: "how long a new link waits for its connection and for the server to confirm its subscriptions (a round trip); after that the link is kept and connects in the background (the host's put of a consumer link waits this long at most for its own connection)",
     };
     MAX_IN_FLIGHT = Key {
         name: "max_in_flight",
@@ -299,6 +323,7 @@ key_table! {
             unit: Unit::Millis,
             max: TEN_MINUTES_MS,
             default: Default::Value(10_000),
+            zero_means_default: false,
         },
         table: Table::Links,
         doc: "how long one `handle-message` call may take",
@@ -313,6 +338,7 @@ key_table! {
             unit: Unit::Millis,
             max: ONE_MINUTE_MS,
             default: Default::Value(2_000),
+            zero_means_default: false,
         },
         table: Table::Links,
         doc: "on link delete or shutdown, how long in-flight calls may finish before they are aborted",
@@ -325,6 +351,7 @@ key_table! {
             unit: Unit::Millis,
             max: ONE_MINUTE_MS,
             default: Default::Value(5_000),
+            zero_means_default: false,
         },
         table: Table::Links,
         doc: "how long `publish` waits for the server to take a message",
@@ -337,6 +364,7 @@ key_table! {
             unit: Unit::Millis,
             max: TEN_MINUTES_MS,
             default: Default::Value(5_000),
+            zero_means_default: false,
         },
         table: Table::Links,
         doc: "request timeout when `timeout-ms` is 0",
@@ -349,6 +377,7 @@ key_table! {
             unit: Unit::Millis,
             max: TEN_MINUTES_MS,
             default: Default::Value(60_000),
+            zero_means_default: false,
         },
         table: Table::Links,
         doc: "the largest `timeout-ms` accepted",
@@ -365,7 +394,7 @@ key_table! {
         name: "publish_deny",
         links: Links::Consumer,
         kind: Kind::Plain,
-        form: Form::Text { default: "`wasmbus.>,*.*.wrpc.>,$SYS.>,$JS.API.>,$KV.>,$O.>`" },
+        form: Form::Text { default: concat!("`", default_publish_deny!(), "`") },
         table: Table::Links,
         doc: "subject patterns the component may not send to; deny wins over allow. Setting it replaces the default; `none` denies nothing",
     };
@@ -454,6 +483,7 @@ key_table! {
             unit: Unit::Millis,
             max: 43_200_000,
             default: Default::Value(30_000),
+            zero_means_default: false,
         },
         table: Table::Durable,
         doc: "how long the server waits for an ack before it redelivers; a call that runs longer is kept alive with in-progress acks every half `ack_wait_ms`",
@@ -488,7 +518,7 @@ key_table! {
         kind: Kind::Plain,
         form: Form::Text { default: "none" },
         table: Table::Durable,
-        doc: "where a message goes after its last attempt failed; needs `max_deliver` (or a `consumers` consumer with one) and a stream that stores this subject; may not be one the link consumes",
+        doc: "where a message goes after its last attempt failed; needs `max_deliver` (or a `consumers` consumer with one) and a stream that stores this subject; may not be matched by the link's `filter_subjects` or `stream_subjects` (dead letters would come back)",
     };
     CONSUMERS = Key {
         name: "consumers",

@@ -17,6 +17,7 @@ use tracing::{debug, warn};
 use wasmcloud_provider_sdk::core::secrets::SecretValue;
 
 use crate::subject::{self, SubjectPattern};
+use crate::sync::lock;
 
 mod auth;
 mod durable;
@@ -38,13 +39,6 @@ pub(crate) use self::tls::TlsSettings;
 
 use self::keys::{Kind, Links};
 use self::values::Values;
-
-/// What a consumer link may not send to unless its `publish_deny` says
-/// otherwise: the lattice's control plane (`wasmbus.>`), wRPC invocations of
-/// other components and providers (`{lattice}.{target}.wrpc.>`), the
-/// server's system account, and the JetStream, KV and object store APIs
-/// where the host keeps its lattice data and config.
-const DEFAULT_PUBLISH_DENY: &str = "wasmbus.>,*.*.wrpc.>,$SYS.>,$JS.API.>,$KV.>,$O.>";
 
 /// The value of `publish_deny` that denies nothing (a blank value means the
 /// default, as for every key).
@@ -172,7 +166,11 @@ impl ProviderDefaults {
         // Authentication is one choice: a link that makes its own replaces
         // the provider's, rather than being refused as a second method.
         let names_auth = |key: &String| auth::keys().any(|auth| key.eq_ignore_ascii_case(auth));
-        if link_config.keys().any(names_auth) || link_secrets.keys().any(names_auth) {
+        let makes_auth = link_config
+            .iter()
+            .any(|(key, value)| names_auth(key) && !value.trim().is_empty())
+            || link_secrets.keys().any(names_auth);
+        if makes_auth {
             values.retain(|key, _| !auth::keys().any(|auth| auth == key));
         }
         overlay(&mut values, link_config, link_secrets);
@@ -190,7 +188,7 @@ impl ProviderDefaults {
 }
 
 /// Which side of the messaging contract a link is for.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
 pub(crate) enum LinkRole {
     /// Provider -> component (`handler`): subscribes and delivers.
     Handler,
@@ -198,9 +196,20 @@ pub(crate) enum LinkRole {
     Consumer,
 }
 
+impl LinkRole {
+    /// The interface of `wasmcloud:messaging` a link of this role names.
+    pub(crate) fn interface(self) -> &'static str {
+        match self {
+            LinkRole::Handler => "handler",
+            LinkRole::Consumer => "consumer",
+        }
+    }
+}
+
 /// Lays config, then the keys among secrets that may come from secrets
 /// (credentials and server URLs), over `values`, with keys folded to lower
-/// case.
+/// case. A blank value is not set: it leaves the value below it (the
+/// provider's, or the lattice's server) in place.
 fn overlay(
     values: &mut HashMap<String, String>,
     config: &HashMap<String, String>,
@@ -223,7 +232,9 @@ fn overlay(
             );
         }
         warn_if_unknown(&lower);
-        values.insert(lower, value.clone());
+        if !value.trim().is_empty() {
+            values.insert(lower, value.clone());
+        }
     }
     for (key, value) in secrets {
         let key = key.to_ascii_lowercase();
@@ -254,11 +265,7 @@ fn warn_if_unknown(key: &str) {
         return;
     }
     let warned = WARNED.get_or_init(Default::default);
-    let first_time = warned
-        .lock()
-        .map(|mut set| set.insert(key.to_string()))
-        .unwrap_or(true);
-    if first_time {
+    if lock(warned).insert(key.to_string()) {
         warn!(key, "ignoring unknown config key");
     }
 }
@@ -312,12 +319,7 @@ impl ConnectionSettings {
                 .get(&keys::CUSTOM_INBOX_PREFIX)
                 .map(parse_inbox_prefix)
                 .transpose()?,
-            // The v1 provider never read this key: its users' "0" means the
-            // client's default, not an error.
-            ping_interval: match values.get(&keys::PING_INTERVAL_SEC) {
-                Some("0") => None,
-                _ => values.duration(&keys::PING_INTERVAL_SEC)?,
-            },
+            ping_interval: values.duration(&keys::PING_INTERVAL_SEC)?,
             connect_timeout: values.duration_or_default(&keys::CONNECT_TIMEOUT_MS)?,
         })
     }
@@ -365,10 +367,9 @@ pub(crate) struct HandlerSettings {
 
 impl HandlerSettings {
     fn parse(values: &Values<'_>) -> Result<Self, ConfigError> {
-        let max_in_flight = values
-            .count(&keys::MAX_IN_FLIGHT)?
-            .and_then(|n| usize::try_from(n).ok())
-            .unwrap_or(1);
+        // At most 4,096 (the key's bound): it fits.
+        let max_in_flight =
+            usize::try_from(values.count_or_default(&keys::MAX_IN_FLIGHT)?).unwrap_or(usize::MAX);
         Ok(Self {
             subscriptions: values
                 .get(&keys::SUBSCRIPTIONS)
@@ -408,7 +409,7 @@ impl ConsumerSettings {
                 deny: match values.get(&keys::PUBLISH_DENY) {
                     Some(DENY_NOTHING) => Vec::new(),
                     Some(value) => parse_patterns(&keys::PUBLISH_DENY, value)?,
-                    None => parse_patterns(&keys::PUBLISH_DENY, DEFAULT_PUBLISH_DENY)?,
+                    None => parse_patterns(&keys::PUBLISH_DENY, keys::DEFAULT_PUBLISH_DENY)?,
                 },
             },
             jetstream: values

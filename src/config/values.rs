@@ -51,13 +51,27 @@ impl<'a> Values<'a> {
         }
     }
 
+    /// A whole number that always has a default.
+    pub(crate) fn count_or_default(&self, key: &Key) -> Result<u64, ConfigError> {
+        Ok(self
+            .count(key)?
+            .unwrap_or_else(|| unreachable!("{} has no default", key.name)))
+    }
+
     /// A duration within the key's bound; its default, if it has one, when
     /// unset.
     pub(crate) fn duration(&self, key: &Key) -> Result<Option<Duration>, ConfigError> {
-        let Form::Duration { unit, max, default } = key.form else {
+        let Form::Duration {
+            unit,
+            max,
+            default,
+            zero_means_default,
+        } = key.form
+        else {
             unreachable!("{} is not a duration", key.name)
         };
         match self.get(key) {
+            Some("0") if zero_means_default => Ok(None),
             None => Ok(match default {
                 Default::Value(n) => Some(unit.of(n)),
                 Default::Unset(_) => None,

@@ -40,19 +40,25 @@ enum Attempts {
     NoStreamAnswered,
 }
 
+/// `headers` with the `Nats-Msg-Id` JetStream de-duplicates on: added
+/// before the message's size is checked, since it travels with it.
+pub(super) fn with_message_id(headers: Option<HeaderMap>) -> HeaderMap {
+    let mut headers = headers.unwrap_or_default();
+    headers.insert(async_nats::header::NATS_MESSAGE_ID, nuid::next().as_str());
+    headers
+}
+
 /// Publishes `body` to `subject` through JetStream and waits, at most
-/// `timeout`, until a stream has stored it (see the module doc).
+/// `timeout`, until a stream has stored it (see the module doc); `headers`
+/// come from [`with_message_id`].
 pub(super) async fn publish(
     connection: &Lease,
     subject: String,
     body: Bytes,
-    headers: Option<HeaderMap>,
+    headers: HeaderMap,
     timeout: Duration,
 ) -> Result<(), ConsumerError> {
     let deadline = Instant::now() + timeout;
-    let mut headers = headers.unwrap_or_default();
-    // The header JetStream de-duplicates on.
-    headers.insert(async_nats::header::NATS_MESSAGE_ID, nuid::next().as_str());
     let mut attempts = Attempts::NotSent;
     let mut pause = RETRY_MIN;
     loop {

@@ -11,14 +11,15 @@ use std::time::Duration;
 use async_nats::client::RequestErrorKind;
 use async_nats::HeaderMap;
 use bytes::Bytes;
+use tokio::time::Instant;
 use tracing::trace;
+use wasmcloud_provider_sdk::Context;
 
 use crate::config::ConsumerSettings;
 use crate::connection::Lease;
-use crate::subject;
-
-/// A message as the WIT interface carries it.
-pub(crate) use crate::bindings::wasmcloud::messaging::types::BrokerMessage;
+use crate::message::{self, BrokerMessage, ReplyTo};
+use crate::metrics::{LinkMetrics, Operation};
+use crate::{subject, trace_context};
 
 /// Why a publish or request failed. The text is what the component sees.
 #[derive(Debug)]
@@ -181,14 +182,57 @@ pub(crate) struct ConsumerLink {
     /// Released when the link (and any call still using it) is gone.
     pub(crate) connection: Lease,
     pub(crate) settings: ConsumerSettings,
-    pub(crate) metrics: crate::metrics::LinkMetrics,
+    pub(crate) metrics: LinkMetrics,
 }
 
 impl ConsumerLink {
+    /// A component's `publish` on this link, with the invocation's trace
+    /// context on the message; recorded in the link's metrics.
+    pub(crate) async fn publish(
+        &self,
+        msg: BrokerMessage,
+        cx: Option<&Context>,
+    ) -> Result<(), ConsumerError> {
+        self.measured(Operation::Publish, async {
+            let headers = trace_headers(cx)?;
+            self.send(msg, headers).await
+        })
+        .await
+    }
+
+    /// A component's `request` on this link, as [`publish`](Self::publish).
+    pub(crate) async fn request(
+        &self,
+        subject: String,
+        body: Bytes,
+        timeout_ms: u32,
+        cx: Option<&Context>,
+    ) -> Result<BrokerMessage, ConsumerError> {
+        self.measured(Operation::Request, async {
+            let headers = trace_headers(cx)?;
+            self.ask(subject, body, timeout_ms, headers).await
+        })
+        .await
+    }
+
+    /// Runs `call`, recording its duration and outcome in the link's
+    /// metrics.
+    async fn measured<T>(
+        &self,
+        operation: Operation,
+        call: impl std::future::Future<Output = Result<T, ConsumerError>>,
+    ) -> Result<T, ConsumerError> {
+        let started = Instant::now();
+        let result = call.await;
+        self.metrics
+            .sent(operation, started.elapsed(), result.is_ok());
+        result
+    }
+
     /// Publishes `msg` and waits until the client has written it to the
     /// server. Flushes of concurrent publishes share one socket write:
     /// async-nats answers every flush queued before it writes.
-    pub(crate) async fn publish(
+    async fn send(
         &self,
         msg: BrokerMessage,
         headers: Option<HeaderMap>,
@@ -202,15 +246,17 @@ impl ConsumerLink {
         if let Some(reply_to) = &reply_to {
             self.check_subject("reply-to subject", reply_to)?;
         }
-        self.check_size(&body, headers.as_ref())?;
         if self.settings.jetstream.iter().any(|p| p.matches(&subject)) {
             if reply_to.is_some() {
                 return Err(ConsumerError::ReplyToThroughJetStream { subject });
             }
+            let headers = confirmed::with_message_id(headers);
+            self.check_size(&body, Some(&headers))?;
             trace!(subject, bytes = body.len(), "publishing through JetStream");
             let timeout = self.settings.publish_timeout;
             return confirmed::publish(&self.connection, subject, body, headers, timeout).await;
         }
+        self.check_size(&body, headers.as_ref())?;
         trace!(subject, bytes = body.len(), "publishing");
 
         let client = self.connection.client();
@@ -250,7 +296,7 @@ impl ConsumerLink {
 
     /// Sends a request and waits for the first reply. `timeout_ms` 0 means
     /// the link's `request_timeout_ms`.
-    pub(crate) async fn request(
+    async fn ask(
         &self,
         subject: String,
         body: Bytes,
@@ -278,11 +324,7 @@ impl ConsumerLink {
             self.connection.request(subject.clone(), body, headers),
         );
         match reply.await {
-            Ok(Ok(reply)) => Ok(BrokerMessage {
-                subject: reply.subject.to_string(),
-                body: reply.payload,
-                reply_to: reply.reply.map(|r| r.to_string()),
-            }),
+            Ok(Ok(reply)) => Ok(message::from_nats(&reply, ReplyTo::Keep)),
             Ok(Err(err)) if err.kind() == RequestErrorKind::NoResponders => {
                 Err(ConsumerError::NoResponders { subject })
             }
@@ -354,4 +396,9 @@ fn encoded_header_len(headers: &HeaderMap) -> usize {
         })
         .sum();
     "NATS/1.0\r\n".len() + fields + 2
+}
+
+/// The trace headers of an invocation, refused when NATS cannot carry them.
+fn trace_headers(cx: Option<&Context>) -> Result<Option<HeaderMap>, ConsumerError> {
+    trace_context::from_invocation(cx).map_err(ConsumerError::InvalidHeader)
 }

@@ -1,30 +1,29 @@
 //! Core NATS subscriptions as a source of a handler link.
 //!
 //! The source reads all of the link's subscriptions as fast as they
-//! deliver, into a queue bounded in bytes and messages, and starts a
-//! delivery for each message it gets a slot for. A slow component fills
-//! the queue; beyond its bound new messages are dropped and counted (NATS's
-//! own slow-consumer rule, applied per link), so memory stays bounded and
-//! the shared connection keeps being read.
+//! deliver and hands each message to the link's dispatcher, into a queue
+//! bounded in bytes and messages. A slow component fills the queue; beyond
+//! its bound new messages are dropped and counted (NATS's own
+//! slow-consumer rule, applied per link), so memory stays bounded and the
+//! shared connection keeps being read.
 
-use std::collections::VecDeque;
+use std::sync::Arc;
 use std::time::Duration;
 
-use futures::stream::{self, FuturesUnordered, StreamExt as _};
+use futures::stream::{self, StreamExt as _};
 use futures::FutureExt as _;
 use tokio::sync::watch;
 use tokio::time::Instant;
 use tokio_util::task::TaskTracker;
 use tracing::{debug, info, warn};
 
+use super::counters::Undelivered;
+use super::dispatch::{DeliveryFuture, Feed, Pending, QueueBound};
 use super::drain::Drain;
 use super::invoke::{invoke, Target};
-use super::slots::{Slot, SlotQueue};
 use crate::config::Subscription;
 use crate::connection::{Lease, SubscriberRecord};
-use crate::consumer::BrokerMessage;
-use crate::metrics::Dropped;
-use crate::trace_context;
+use crate::message::{self, ReplyTo};
 
 /// Most messages a link queues while its component is busy; NATS clients
 /// use the same default for one subscription's buffer.
@@ -89,21 +88,16 @@ impl CoreSource {
         })
     }
 
-    /// Delivers until the link drains.
+    /// Reads the subscriptions into `feed` until the link drains.
     ///
     /// On stop the source drains as NATS clients do: it withdraws its
-    /// interest, confirms that with a server round trip, and keeps
-    /// delivering what arrived until then; if the drain time runs out
-    /// first, what is still queued is dropped and counted. When the
-    /// connection's client is replaced (see `connection`), the source
-    /// subscribes again on the new one.
-    pub(crate) async fn run(
-        self,
-        target: Target,
-        mut slots: SlotQueue,
-        drain: Drain,
-        tasks: TaskTracker,
-    ) {
+    /// interest, confirms that with a server round trip, and keeps handing
+    /// over what arrived until then; what the client still buffers when the
+    /// drain time runs out is dropped and counted. When the connection's
+    /// client is replaced (see `connection`), the source subscribes again
+    /// on the new one; deliveries go on meanwhile (they run in the link's
+    /// dispatcher).
+    pub(crate) async fn run(self, target: Target, feed: Feed, drain: Drain, tasks: TaskTracker) {
         let Self {
             connection,
             mut clients,
@@ -112,30 +106,28 @@ impl CoreSource {
             _records,
             drain_timeout,
         } = self;
-        let counters = &target.counters;
-        let mut queue = Queue::new(slots.max_in_flight(), connection.max_payload());
-        // Deliveries run inside this task rather than as tasks of their own:
-        // on the provider's single thread that saves a task and a wake-up
-        // per message.
-        let mut in_flight = FuturesUnordered::new();
+        let counters = Arc::clone(&target.counters);
+        let link = Arc::new(CoreLink {
+            target,
+            drain: drain.clone(),
+        });
         let mut draining = false;
         loop {
-            if draining && messages.is_empty() && queue.is_empty() && in_flight.is_empty() {
+            if draining && messages.is_empty() {
                 break;
             }
             tokio::select! {
                 biased;
                 () = drain.aborted() => {
-                    // Counted as dropped, with what the client still buffers,
-                    // so that the link's figures add up to what it received.
-                    // Dropping the calls still running counts them aborted.
-                    let mut left = queue.len() as u64;
+                    // Counted as dropped, so that the link's figures add up
+                    // to what it received.
+                    let mut left = 0;
                     while let Some(Some(_)) = messages.next().now_or_never() {
                         left += 1;
                     }
-                    counters.dropped(Dropped::DrainTimeout, left);
+                    counters.dropped(Undelivered::DrainTimeout, left);
                     if left > 0 {
-                        warn!(dropped = left, "messages not yet delivered were dropped at the drain timeout");
+                        warn!(dropped = left, "messages the client still held were dropped at the drain timeout");
                     }
                     break;
                 }
@@ -153,33 +145,17 @@ impl CoreSource {
                     // its connection task wakes up; the reply to a round trip
                     // is that wake-up, after every message sent before the
                     // UNSUB. Not awaited here: while disconnected it would
-                    // hold up deliveries.
+                    // hold up the drain.
                     let connection = connection.clone();
                     tasks.spawn(async move {
                         tokio::time::timeout_at(deadline, connection.round_trip()).await
                     });
                 }
-                slot = slots.next(), if !queue.is_empty() => {
-                    let mut slot = Some(slot);
-                    while let Some(free) = slot.take().or_else(|| slots.try_next()) {
-                        let Some(msg) = queue.pop() else { break };
-                        in_flight.push(deliver(msg, free, &target));
-                    }
-                }
-                Some(()) = in_flight.next(), if !in_flight.is_empty() => {}
                 next = messages.next(), if !messages.is_empty() => match next {
-                    Some(msg) if queue.has_room_for(&msg) => queue.push(msg),
-                    Some(msg) => {
-                        let dropped = counters.dropped(Dropped::QueueFull, 1);
-                        // One line per power of two, not one per message.
-                        if dropped.is_power_of_two() {
-                            warn!(
-                                subject = msg.subject.as_str(),
-                                dropped,
-                                "handler link is behind: its queue is full, message dropped"
-                            );
-                        }
-                    }
+                    Some(msg) => feed.send(Box::new(CoreMessage {
+                        msg,
+                        link: Arc::clone(&link),
+                    })),
                     None if !draining => {
                         counters.set_problem(
                             LABEL,
@@ -206,6 +182,55 @@ impl CoreSource {
                 }
             }
         }
+    }
+
+    /// The bound of this source's queue in the link's dispatcher: room for
+    /// two rounds of `max_in_flight` messages of the server's
+    /// `max_payload`, within fixed bounds.
+    pub(crate) fn queue_bound(&self, max_in_flight: usize) -> QueueBound {
+        QueueBound {
+            messages: MAX_QUEUED_MESSAGES,
+            bytes: (2 * max_in_flight)
+                .saturating_mul(self.connection.max_payload())
+                .clamp(MIN_QUEUED_BYTES, MAX_QUEUED_BYTES),
+        }
+    }
+}
+
+/// What the deliveries of one link's core messages share.
+struct CoreLink {
+    target: Target,
+    drain: Drain,
+}
+
+/// A core message waiting in the dispatcher.
+struct CoreMessage {
+    msg: async_nats::Message,
+    link: Arc<CoreLink>,
+}
+
+impl Pending for CoreMessage {
+    fn nats_message(&self) -> &async_nats::Message {
+        &self.msg
+    }
+
+    /// NATS message in, `handle-message` call out; a call still running at
+    /// the drain timeout is abandoned (and counted aborted).
+    fn deliver(self: Box<Self>) -> DeliveryFuture {
+        let Self { msg, link } = *self;
+        Box::pin(async move {
+            let (headers, message) = message::for_handler(&msg, ReplyTo::Keep);
+            tokio::select! {
+                biased;
+                () = link.drain.aborted() => {}
+                _ = invoke(&link.target, headers, &message) => {}
+            }
+        })
+    }
+
+    /// Nobody else would get it: it is counted as dropped.
+    fn withdraw(self: Box<Self>) -> Option<DeliveryFuture> {
+        None
     }
 }
 
@@ -242,70 +267,5 @@ async fn unsubscribe(messages: &mut stream::SelectAll<async_nats::Subscriber>) {
         if let Err(err) = subscriber.drain().await {
             debug!(%err, "drain request failed; the connection is going away");
         }
-    }
-}
-
-/// Delivers one message: NATS message in, `handle-message` call out; the
-/// slot is held until the call ends.
-async fn deliver(msg: async_nats::Message, slot: Slot, target: &Target) {
-    let headers = trace_context::from_message(msg.headers.as_ref());
-    let message = BrokerMessage {
-        subject: msg.subject.to_string(),
-        body: msg.payload,
-        reply_to: msg.reply.map(|reply| reply.to_string()),
-    };
-    invoke(target, headers, &message).await;
-    drop(slot);
-}
-
-/// Received messages waiting for a free delivery slot, bounded in count and
-/// bytes.
-struct Queue {
-    messages: VecDeque<async_nats::Message>,
-    bytes: usize,
-    max_bytes: usize,
-}
-
-impl Queue {
-    fn new(max_in_flight: usize, max_payload: usize) -> Self {
-        Self {
-            messages: VecDeque::new(),
-            bytes: 0,
-            max_bytes: (2 * max_in_flight)
-                .saturating_mul(max_payload)
-                .clamp(MIN_QUEUED_BYTES, MAX_QUEUED_BYTES),
-        }
-    }
-
-    fn size(msg: &async_nats::Message) -> usize {
-        msg.length.max(msg.payload.len())
-    }
-
-    /// True if `msg` fits in the queue.
-    fn has_room_for(&self, msg: &async_nats::Message) -> bool {
-        self.messages.len() < MAX_QUEUED_MESSAGES && self.bytes + Self::size(msg) <= self.max_bytes
-    }
-
-    fn push(&mut self, msg: async_nats::Message) {
-        self.bytes += Self::size(&msg);
-        self.messages.push_back(msg);
-    }
-
-    fn pop(&mut self) -> Option<async_nats::Message> {
-        let msg = self.messages.pop_front()?;
-        self.bytes -= Self::size(&msg);
-        if self.messages.is_empty() && self.messages.capacity() > 1024 {
-            // Give the memory of a burst back.
-            self.messages = VecDeque::new();
-        }
-        Some(msg)
-    }
-
-    fn len(&self) -> usize {
-        self.messages.len()
-    }
-
-    fn is_empty(&self) -> bool {
-        self.messages.is_empty()
     }
 }

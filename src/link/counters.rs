@@ -7,8 +7,8 @@ use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::Instant;
 
-use crate::connection::lock;
 use crate::metrics::{Dropped, Failure, LinkMetrics};
+use crate::sync::lock;
 
 /// The counters of one handler link.
 pub(crate) struct LinkCounters {
@@ -31,6 +31,15 @@ pub(crate) struct LinkCounters {
     /// Why a source cannot deliver now, by source label.
     problems: Mutex<BTreeMap<String, String>>,
     metrics: LinkMetrics,
+}
+
+/// Why a message was dropped before it was delivered.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub(crate) enum Undelivered {
+    /// The link's queue was full (its component is behind).
+    QueueFull,
+    /// Left undelivered when a drain timed out.
+    DrainTimeout,
 }
 
 /// One `handle-message` call in flight. Dropped before it ended (its
@@ -103,19 +112,24 @@ impl LinkCounters {
         self.in_flight.load(Ordering::Relaxed)
     }
 
-    /// Messages dropped before delivery (or after their last attempt).
-    /// Returns the link's total of dropped messages so far.
-    pub(crate) fn dropped(&self, reason: Dropped, count: u64) -> u64 {
-        self.metrics.dropped(reason, count);
-        match reason {
-            Dropped::MaxDeliver => {
-                self.terminated.fetch_add(count, Ordering::Relaxed);
-                self.dropped.load(Ordering::Relaxed)
-            }
-            Dropped::QueueFull | Dropped::DrainTimeout => {
-                self.dropped.fetch_add(count, Ordering::Relaxed) + count
-            }
-        }
+    /// Messages dropped before delivery. Returns the link's total of
+    /// dropped messages so far.
+    pub(crate) fn dropped(&self, reason: Undelivered, count: u64) -> u64 {
+        self.metrics.dropped(
+            match reason {
+                Undelivered::QueueFull => Dropped::QueueFull,
+                Undelivered::DrainTimeout => Dropped::DrainTimeout,
+            },
+            count,
+        );
+        self.dropped.fetch_add(count, Ordering::Relaxed) + count
+    }
+
+    /// A durable message failed its last attempt with no dead-letter
+    /// subject to go to, and was terminated.
+    pub(crate) fn terminated(&self) {
+        self.metrics.dropped(Dropped::MaxDeliver, 1);
+        self.terminated.fetch_add(1, Ordering::Relaxed);
     }
 
     pub(crate) fn dead_lettered(&self) {

@@ -32,6 +32,18 @@ impl Drain {
         self.stop.cancelled().await;
     }
 
+    /// The output of `work`, or `None` if the link starts to stop first.
+    pub(crate) async fn unless_stopping<T>(
+        &self,
+        work: impl std::future::Future<Output = T>,
+    ) -> Option<T> {
+        tokio::select! {
+            biased;
+            () = self.stopping() => None,
+            output = work => Some(output),
+        }
+    }
+
     /// Resolves once the drain time is up.
     pub(crate) async fn aborted(&self) {
         self.abort.cancelled().await;

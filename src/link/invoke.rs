@@ -9,7 +9,7 @@ use wasmcloud_provider_sdk::provider::WrpcClient;
 
 use super::counters::LinkCounters;
 use crate::bindings::wasmcloud::messaging::handler;
-use crate::consumer::BrokerMessage;
+use crate::message::BrokerMessage;
 use crate::metrics::Failure;
 
 /// The component a handler link delivers to, and the link's counters.

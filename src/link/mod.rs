@@ -3,19 +3,21 @@
 //!
 //! A link's sources are its core subscriptions ([`core`]) and each of its
 //! JetStream consumers ([`durable`]). Each runs as a task of its own and
-//! starts a delivery ([`invoke`]) for every message it gets a slot for; the
-//! slots ([`slots`]) are the link's `max_in_flight`, shared by all of its
-//! sources and handed out in turn. Stopping the link ([`drain`]) tells every
-//! source at once, waits once for the link's `drain_timeout_ms`, then
-//! aborts what still runs. Everything is counted in one [`LinkCounters`].
+//! only hands its messages to the link's one dispatcher ([`dispatch`]),
+//! which owns the link's `max_in_flight` slots, the messages waiting for
+//! them and every delivery ([`invoke`]) running, so that no source's own
+//! waiting holds up a delivery. Stopping the link ([`drain`]) tells every
+//! source and the dispatcher at once, waits once for the link's
+//! `drain_timeout_ms`, then aborts what still runs. Everything is counted
+//! in one [`LinkCounters`].
 
 mod core;
 mod counters;
+mod dispatch;
 mod drain;
 mod durable;
 mod invoke;
 mod pull;
-mod slots;
 
 use std::sync::Arc;
 use std::time::Duration;
@@ -29,15 +31,21 @@ pub(crate) use self::counters::LinkCounters;
 pub(crate) use self::invoke::Target;
 
 use self::core::CoreSource;
+use self::dispatch::{AtStop, Dispatcher};
 use self::drain::Drain;
-use self::durable::{DurableSource, ACK_TIMEOUT};
-use self::slots::Slots;
+use self::durable::{ConsumerReader, ACK_TIMEOUT};
+use crate::config::keys::MAX_DRAIN_TIMEOUT;
 use crate::config::HandlerSettings;
 use crate::connection::Lease;
 
-/// How long an aborted link waits for its sources to settle: a durable
-/// source naks what it still holds, each nak bounded by [`ACK_TIMEOUT`].
+/// How long an aborted link waits for its dispatcher to settle: it naks
+/// the JetStream messages it still holds, each nak bounded by
+/// [`ACK_TIMEOUT`].
 const ABORT_GRACE: Duration = ACK_TIMEOUT.saturating_add(Duration::from_secs(1));
+
+/// The longest a link's stop takes: the largest accepted `drain_timeout_ms`,
+/// then the abort grace.
+pub(crate) const LONGEST_STOP: Duration = MAX_DRAIN_TIMEOUT.saturating_add(ABORT_GRACE);
 
 /// A running handler link. Dropping it without [`stop`](Self::stop) aborts
 /// its sources without draining.
@@ -45,6 +53,7 @@ pub(crate) struct HandlerLink {
     /// `component/link`, naming the link in its stop line.
     name: String,
     drain: Drain,
+    /// The sources' tasks and, last, the dispatcher's.
     sources: Vec<JoinHandle<()>>,
     drain_timeout: Duration,
     counters: Arc<LinkCounters>,
@@ -93,7 +102,7 @@ impl HandlerLink {
         let mut durables = Vec::with_capacity(settings.durable.sources.len());
         for source in &settings.durable.sources {
             durables.push(
-                DurableSource::bind_at_start(
+                ConsumerReader::bind_at_start(
                     &connection,
                     source,
                     &policy,
@@ -105,9 +114,11 @@ impl HandlerLink {
             );
         }
 
-        let slots = Slots::new(
+        let mut dispatcher = Dispatcher::new(
             settings.max_in_flight,
             usize::from(core.is_some()) + durables.len(),
+            Arc::clone(&target.counters),
+            drain.clone(),
         );
         let span = || {
             tracing::info_span!(
@@ -116,15 +127,19 @@ impl HandlerLink {
                 link_name = %target.link_name
             )
         };
-        let mut sources = Vec::with_capacity(durables.len() + 1);
+        let mut sources = Vec::with_capacity(durables.len() + 2);
         if let Some(core) = core {
-            let run = core.run(target.clone(), slots.queue(), drain.clone(), tasks.clone());
+            let bound = core.queue_bound(settings.max_in_flight);
+            let feed = dispatcher.feed(AtStop::Deliver, Some(bound));
+            let run = core.run(target.clone(), feed, drain.clone(), tasks.clone());
             sources.push(tasks.spawn(run.instrument(span())));
         }
         for durable in durables {
             let span = tracing::info_span!(parent: &span(), "durable", consumer = durable.label());
-            sources.push(tasks.spawn(durable.run(slots.queue()).instrument(span)));
+            let feed = dispatcher.feed(AtStop::Withdraw, None);
+            sources.push(tasks.spawn(durable.run(feed).instrument(span)));
         }
+        sources.push(tasks.spawn(dispatcher.run().instrument(span())));
         Ok(Self {
             name: link,
             drain,
@@ -163,10 +178,10 @@ impl HandlerLink {
         problems
     }
 
-    /// Drains the link: every source stops taking messages and finishes
-    /// what it has; once the link's `drain_timeout_ms` is up, what still
-    /// runs is aborted (and a durable source's messages nak'd). Resolves
-    /// once every source has ended.
+    /// Drains the link: every source stops taking messages, and the
+    /// dispatcher finishes what it has; once the link's `drain_timeout_ms`
+    /// is up, what still runs is aborted (and JetStream messages nak'd).
+    /// Resolves once every source and the dispatcher have ended.
     pub(crate) async fn stop(mut self) {
         self.drain.stop();
         let deadline = Instant::now() + self.drain_timeout;

@@ -3,7 +3,7 @@
 
 use std::collections::HashMap;
 use std::fmt;
-use std::sync::{Arc, PoisonError, RwLock, RwLockReadGuard, RwLockWriteGuard};
+use std::sync::{Arc, RwLock};
 use std::time::{Duration, Instant};
 
 use anyhow::{anyhow, bail, Context as _};
@@ -19,19 +19,16 @@ use wasmcloud_provider_sdk::{
 
 use crate::bindings::exports::wasmcloud::messaging::consumer;
 use crate::config::{LinkRole, LinkSettings, ProviderDefaults};
-use crate::connection::{ConnectionPool, NatsConnection};
-use crate::consumer::{BrokerMessage, ConsumerError, ConsumerLink};
-use crate::link::{HandlerLink, LinkCounters, Target};
-use crate::metrics::{LinkMetrics, Operation};
-use crate::trace_context;
+use crate::connection::{ConnectionPool, NatsConnection, CLOSE_TIMEOUT};
+use crate::consumer::{ConsumerError, ConsumerLink};
+use crate::link::{HandlerLink, LinkCounters, Target, LONGEST_STOP};
+use crate::message::BrokerMessage;
+use crate::metrics::LinkMetrics;
+use crate::sync::{read, write};
 
 mod reconcile;
 
 use self::reconcile::RecentDeletes;
-
-/// The two kinds of link, as health and logs name them.
-const HANDLER: &str = "handler";
-const CONSUMER: &str = "consumer";
 
 const WIT_NAMESPACE: &str = "wasmcloud";
 const WIT_PACKAGE: &str = "messaging";
@@ -113,13 +110,13 @@ enum PutOrigin {
 }
 
 impl MessagingProvider {
-    /// True if a put of `origin` is to be applied to the link of `kind`
+    /// True if a put of `origin` is to be applied to the link of `role`
     /// under `key` now; logs one that was missed.
-    fn applies(&self, origin: PutOrigin, kind: &'static str, key: &LinkKey) -> bool {
+    fn applies(&self, origin: PutOrigin, role: LinkRole, key: &LinkKey) -> bool {
         let PutOrigin::Lattice { asked_at } = origin else {
             return true;
         };
-        if self.holds(kind, key) || self.state.deletes.deleted_since(kind, key, asked_at) {
+        if self.holds(role, key) || self.state.deletes.deleted_since(role, key, asked_at) {
             return false;
         }
         info!(link = %key, "link missed while the provider was not listening; applying it as the lattice holds it");
@@ -169,7 +166,7 @@ struct State {
     consumers: RwLock<HashMap<LinkKey, Arc<ConsumerLink>>>,
     /// Why the last put of a link was refused, until it is deleted or put
     /// again with settings that work: health says so.
-    rejected: RwLock<HashMap<(&'static str, LinkKey), String>>,
+    rejected: RwLock<HashMap<(LinkRole, LinkKey), String>>,
     /// Cancelled when shutdown starts: work that runs for the provider's
     /// life (the watch on the lattice's links) ends.
     stopping: CancellationToken,
@@ -187,19 +184,8 @@ struct RunningHandler {
 }
 
 /// The longest shutdown waits for links to drain and connections to close:
-/// the largest accepted `drain_timeout_ms`, then the close of connections.
-const SHUTDOWN_TIMEOUT: Duration = Duration::from_secs(65);
-
-/// Reads a std lock; the std locks here are never held across an await or
-/// a call that can panic, so a poisoned one still holds consistent data.
-fn read<T>(lock: &RwLock<T>) -> RwLockReadGuard<'_, T> {
-    lock.read().unwrap_or_else(PoisonError::into_inner)
-}
-
-/// Writes a std lock; see [`read`].
-fn write<T>(lock: &RwLock<T>) -> RwLockWriteGuard<'_, T> {
-    lock.write().unwrap_or_else(PoisonError::into_inner)
-}
+/// the longest stop of a link, then the close of connections.
+const SHUTDOWN_TIMEOUT: Duration = LONGEST_STOP.saturating_add(CLOSE_TIMEOUT);
 
 impl MessagingProvider {
     /// Stops every link: handler links drain (concurrently, each within its
@@ -276,32 +262,6 @@ impl MessagingProvider {
             })
     }
 
-    /// Runs one call of the `consumer` export on the caller's link, with
-    /// the invocation's trace context, and records it in the link's metrics.
-    async fn on_consumer_link<T, F>(
-        &self,
-        cx: Option<Context>,
-        operation: Operation,
-        call: impl FnOnce(Arc<ConsumerLink>, Option<async_nats::HeaderMap>) -> F,
-    ) -> Result<T, String>
-    where
-        F: std::future::Future<Output = Result<T, ConsumerError>>,
-    {
-        let link = self.consumer_link(cx.as_ref())?;
-        let headers = trace_context::from_invocation(cx.as_ref())
-            .map_err(|reason| ConsumerError::InvalidHeader(reason).to_string())?;
-        let started = Instant::now();
-        let metrics = Arc::clone(&link);
-        let result = call(link, headers).await;
-        metrics
-            .metrics
-            .sent(operation, started.elapsed(), result.is_ok());
-        result.map_err(|err| {
-            debug!(error = %err, ?operation, "consumer call failed");
-            err.to_string()
-        })
-    }
-
     /// Takes a handler link put: its settings are checked now (a bad one
     /// is refused at once), and the link starts on the task tracker, so
     /// that the host's other calls (health above all) are not held up
@@ -309,7 +269,7 @@ impl MessagingProvider {
     /// at a time, in the order the host sent them.
     fn put_handler_link(&self, link: &LinkPut<'_>, origin: PutOrigin) -> anyhow::Result<()> {
         let key = LinkKey::handler(link);
-        check_interface(link, HANDLER)?;
+        check_interface(link, LinkRole::Handler.interface())?;
         let settings = self.link_settings(LinkRole::Handler, link, &key)?;
         let handler = &settings.handler;
         if handler.subscriptions.is_empty() && !handler.durable.is_enabled() {
@@ -323,11 +283,11 @@ impl MessagingProvider {
             }
             // Every put and delete the host sent before has been handled
             // (the lock is taken in order): one of them settled the link.
-            if !this.applies(origin, HANDLER, &key) {
+            if !this.applies(origin, LinkRole::Handler, &key) {
                 return;
             }
             let result = this.start_handler_link(&key, settings).await;
-            this.record_rejection(HANDLER, key, result);
+            this.record_rejection(LinkRole::Handler, key, result);
         });
         Ok(())
     }
@@ -384,16 +344,16 @@ impl MessagingProvider {
 
     /// Keeps why a link put was refused, for health, and logs it (the SDK
     /// only logs that it failed); a link taken clears what was kept.
-    fn record_rejection(&self, kind: &'static str, key: LinkKey, result: anyhow::Result<()>) {
+    fn record_rejection(&self, role: LinkRole, key: LinkKey, result: anyhow::Result<()>) {
         let mut rejected = write(&self.state.rejected);
         match result {
             Ok(()) => {
-                rejected.remove(&(kind, key));
+                rejected.remove(&(role, key));
             }
             Err(err) => {
                 let reason = format!("{err:#}");
                 error!(error = %reason, "link rejected");
-                rejected.insert((kind, key), reason);
+                rejected.insert((role, key), reason);
             }
         }
     }
@@ -403,7 +363,7 @@ impl MessagingProvider {
     /// [`forget_in_sdk`]).
     fn settle_link_put(
         &self,
-        kind: &'static str,
+        role: LinkRole,
         key: LinkKey,
         link: &LinkPut<'_>,
         result: anyhow::Result<()>,
@@ -415,7 +375,7 @@ impl MessagingProvider {
             }
             Err(err) => Err(anyhow!("{err:#}")),
         };
-        self.record_rejection(kind, key, result);
+        self.record_rejection(role, key, result);
         reply
     }
 
@@ -425,7 +385,7 @@ impl MessagingProvider {
         origin: PutOrigin,
     ) -> anyhow::Result<()> {
         let key = LinkKey::consumer(link);
-        check_interface(link, CONSUMER)?;
+        check_interface(link, LinkRole::Consumer.interface())?;
         let settings = self.link_settings(LinkRole::Consumer, link, &key)?;
         let connection = self.state.pool.acquire(&settings.connection).await?;
         let servers = connection.servers.clone();
@@ -436,7 +396,7 @@ impl MessagingProvider {
         });
         // A put or delete the host sent while this one waited on NATS is
         // newer. (Checked and inserted without a yield in between.)
-        if !self.applies(origin, CONSUMER, &key) {
+        if !self.applies(origin, LinkRole::Consumer, &key) {
             return Ok(());
         }
         // The replaced link's connection lease goes with it.
@@ -445,14 +405,14 @@ impl MessagingProvider {
         Ok(())
     }
 
-    /// True if the provider runs the link of `kind` under `key`, or keeps
+    /// True if the provider runs the link of `role` under `key`, or keeps
     /// why it refused it.
-    fn holds(&self, kind: &'static str, key: &LinkKey) -> bool {
-        let running = match kind {
-            HANDLER => read(&self.state.handlers).contains_key(key),
-            _ => read(&self.state.consumers).contains_key(key),
+    fn holds(&self, role: LinkRole, key: &LinkKey) -> bool {
+        let running = match role {
+            LinkRole::Handler => read(&self.state.handlers).contains_key(key),
+            LinkRole::Consumer => read(&self.state.consumers).contains_key(key),
         };
-        running || read(&self.state.rejected).contains_key(&(kind, key.clone()))
+        running || read(&self.state.rejected).contains_key(&(role, key.clone()))
     }
 }
 
@@ -537,25 +497,25 @@ impl Provider for MessagingProvider {
     async fn receive_link_config_as_source(&self, link: LinkConfig<'_>) -> anyhow::Result<()> {
         let link = LinkPut::from(&link);
         let result = self.put_handler_link(&link, PutOrigin::Host);
-        self.settle_link_put(HANDLER, LinkKey::handler(&link), &link, result)
+        self.settle_link_put(LinkRole::Handler, LinkKey::handler(&link), &link, result)
     }
 
     async fn receive_link_config_as_target(&self, link: LinkConfig<'_>) -> anyhow::Result<()> {
         let link = LinkPut::from(&link);
         let result = self.start_consumer_link(&link, PutOrigin::Host).await;
-        self.settle_link_put(CONSUMER, LinkKey::consumer(&link), &link, result)
+        self.settle_link_put(LinkRole::Consumer, LinkKey::consumer(&link), &link, result)
     }
 
     async fn delete_link_as_source(&self, info: impl LinkDeleteInfo) -> anyhow::Result<()> {
         let key = LinkKey::new(info.get_target_id(), info.get_link_name());
-        self.state.deletes.record(HANDLER, &key);
+        self.state.deletes.record(LinkRole::Handler, &key);
         // After any start of the link the host sent before (one still
         // waiting on NATS would put the link back). The host is answered at
         // once; the link drains in the background.
         let this = self.clone();
         self.state.tasks.spawn(async move {
             let changes = this.state.link_changes.lock().await;
-            write(&this.state.rejected).remove(&(HANDLER, key.clone()));
+            write(&this.state.rejected).remove(&(LinkRole::Handler, key.clone()));
             let removed = write(&this.state.handlers).remove(&key);
             drop(changes);
             if let Some(running) = removed {
@@ -568,8 +528,8 @@ impl Provider for MessagingProvider {
 
     async fn delete_link_as_target(&self, info: impl LinkDeleteInfo) -> anyhow::Result<()> {
         let key = LinkKey::new(info.get_source_id(), info.get_link_name());
-        self.state.deletes.record(CONSUMER, &key);
-        write(&self.state.rejected).remove(&(CONSUMER, key.clone()));
+        self.state.deletes.record(LinkRole::Consumer, &key);
+        write(&self.state.rejected).remove(&(LinkRole::Consumer, key.clone()));
         if write(&self.state.consumers).remove(&key).is_some() {
             info!(link = %key, "consumer link deleted");
         }
@@ -583,7 +543,7 @@ impl Provider for MessagingProvider {
         let consumers = read(&self.state.consumers);
         let mut problems: Vec<String> = read(&self.state.rejected)
             .iter()
-            .map(|((kind, _), reason)| format!("{kind} {reason}"))
+            .map(|((role, _), reason)| format!("{} {reason}", role.interface()))
             .collect();
         for (key, running) in handlers.iter() {
             problems.extend(
@@ -629,11 +589,11 @@ impl consumer::Handler<Option<Context>> for MessagingProvider {
         cx: Option<Context>,
         msg: BrokerMessage,
     ) -> anyhow::Result<Result<(), String>> {
-        Ok(self
-            .on_consumer_link(cx, Operation::Publish, |link, headers| async move {
-                link.publish(msg, headers).await
-            })
-            .await)
+        let link = match self.consumer_link(cx.as_ref()) {
+            Ok(link) => link,
+            Err(refused) => return Ok(Err(refused)),
+        };
+        Ok(told("publish", link.publish(msg, cx.as_ref()).await))
     }
 
     async fn request(
@@ -643,10 +603,32 @@ impl consumer::Handler<Option<Context>> for MessagingProvider {
         body: Bytes,
         timeout_ms: u32,
     ) -> anyhow::Result<Result<BrokerMessage, String>> {
-        Ok(self
-            .on_consumer_link(cx, Operation::Request, |link, headers| async move {
-                link.request(subject, body, timeout_ms, headers).await
-            })
-            .await)
+        let link = match self.consumer_link(cx.as_ref()) {
+            Ok(link) => link,
+            Err(refused) => return Ok(Err(refused)),
+        };
+        let reply = link.request(subject, body, timeout_ms, cx.as_ref()).await;
+        Ok(told("request", reply))
+    }
+}
+
+/// A consumer call's outcome as the component gets it; a failure is also
+/// logged (at debug: the component is told, and may retry).
+fn told<T>(operation: &str, result: Result<T, ConsumerError>) -> Result<T, String> {
+    result.map_err(|err| {
+        debug!(error = %err, operation, "consumer call failed");
+        err.to_string()
+    })
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn shutdown_waits_65_seconds_at_most_as_the_readme_says() {
+        // README, "The host is always answered": the largest drain time,
+        // 3 s for the naks of what it aborted, 2 s to close connections.
+        assert_eq!(SHUTDOWN_TIMEOUT, Duration::from_secs(65));
     }
 }

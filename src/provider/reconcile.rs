@@ -19,9 +19,11 @@ use tracing::{debug, error, info, warn};
 use wasmcloud_provider_sdk::core::secrets::SecretValue;
 use wasmcloud_provider_sdk::get_connection;
 
-use super::{write, LinkKey, LinkPut, MessagingProvider, PutOrigin, CONSUMER, HANDLER};
-use crate::connection::lock;
+use super::{LinkKey, LinkPut, MessagingProvider, PutOrigin};
+use crate::config::LinkRole;
 use crate::lattice::{secret_names, ControlInterface, LatticeError, StoredLink, CTL_TIMEOUT};
+use crate::sync::lock;
+use crate::sync::write;
 
 /// When the links are asked for again after the first time: a host
 /// publishes a put before it records the link, and another host answering
@@ -38,22 +40,22 @@ const DELETE_MEMORY: Duration = CTL_TIMEOUT.saturating_mul(20);
 
 /// Links the host deleted lately, with when.
 #[derive(Default)]
-pub(super) struct RecentDeletes(Mutex<Vec<(Instant, &'static str, LinkKey)>>);
+pub(super) struct RecentDeletes(Mutex<Vec<(Instant, LinkRole, LinkKey)>>);
 
 impl RecentDeletes {
-    /// Notes that the host deleted the link of `kind` under `key` now.
-    pub(super) fn record(&self, kind: &'static str, key: &LinkKey) {
+    /// Notes that the host deleted the link of `role` under `key` now.
+    pub(super) fn record(&self, role: LinkRole, key: &LinkKey) {
         let now = Instant::now();
         let mut deletes = lock(&self.0);
         deletes.retain(|(at, ..)| now.duration_since(*at) < DELETE_MEMORY);
-        deletes.push((now, kind, key.clone()));
+        deletes.push((now, role, key.clone()));
     }
 
     /// True if the link was deleted at or after `since`.
-    pub(super) fn deleted_since(&self, kind: &'static str, key: &LinkKey, since: Instant) -> bool {
+    pub(super) fn deleted_since(&self, role: LinkRole, key: &LinkKey, since: Instant) -> bool {
         lock(&self.0)
             .iter()
-            .any(|(at, k, deleted)| *at >= since && *k == kind && deleted == key)
+            .any(|(at, k, deleted)| *at >= since && *k == role && deleted == key)
     }
 }
 
@@ -122,7 +124,7 @@ impl MessagingProvider {
         let links = ctl.links().await?;
         let (mut own, mut missed) = (0, 0);
         for link in &links {
-            let Some((kind, key)) = end_of(link, provider_id) else {
+            let Some((role, key)) = end_of(link, provider_id) else {
                 continue;
             };
             own += 1;
@@ -132,7 +134,7 @@ impl MessagingProvider {
                 return Ok(Pass::Stale);
             }
             // Checked again when applied: a put may arrive meanwhile.
-            if self.holds(kind, &key) {
+            if self.holds(role, &key) {
                 continue;
             }
             missed += 1;
@@ -146,7 +148,7 @@ impl MessagingProvider {
                     secrets.join(",")
                 );
                 error!(error = %reason, "link missed");
-                write(&self.state.rejected).insert((kind, key), reason);
+                write(&self.state.rejected).insert((role, key), reason);
                 continue;
             }
             let config = match ctl.merged_config(names).await {
@@ -169,13 +171,13 @@ impl MessagingProvider {
                 interfaces: &link.interfaces,
             };
             let origin = PutOrigin::Lattice { asked_at };
-            let result = if kind == HANDLER {
+            let result = if role == LinkRole::Handler {
                 self.put_handler_link(&link_config, origin)
             } else {
                 self.start_consumer_link(&link_config, origin).await
             };
             if result.is_err() {
-                self.record_rejection(kind, key, result);
+                self.record_rejection(role, key, result);
             }
         }
         // Each missed link applied is logged as it is (see `applies`).
@@ -196,11 +198,14 @@ enum Pass {
 }
 
 /// Which end of `link` this provider is, and the link's key, if it is one.
-fn end_of(link: &StoredLink, provider_id: &str) -> Option<(&'static str, LinkKey)> {
+fn end_of(link: &StoredLink, provider_id: &str) -> Option<(LinkRole, LinkKey)> {
     if link.source_id == provider_id {
-        Some((HANDLER, LinkKey::new(&link.target, &link.name)))
+        Some((LinkRole::Handler, LinkKey::new(&link.target, &link.name)))
     } else if link.target == provider_id {
-        Some((CONSUMER, LinkKey::new(&link.source_id, &link.name)))
+        Some((
+            LinkRole::Consumer,
+            LinkKey::new(&link.source_id, &link.name),
+        ))
     } else {
         None
     }

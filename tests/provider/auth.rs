@@ -29,7 +29,7 @@ async fn assert_publishes_through(lattice: &Lattice, link: Link, subscriber: asy
     let mut sub = subscribe_confirmed(&subscriber, "secured").await;
 
     let result = component
-        .caller(&provider)
+        .caller(&provider.key)
         .await
         .publish(&message("secured", b"hi"))
         .await
@@ -61,7 +61,7 @@ async fn assert_fails_that_link_only(
     let good = provider.put_link(&Link::consumer("c", &[])).await;
     assert!(good.contains("link ready"), "{good}");
 
-    let mut caller = component.caller(&provider).await;
+    let mut caller = component.caller(&provider.key).await;
     let good_publish = caller.publish(&message("x", b"x")).await.unwrap();
     caller.link_name = "bad".into();
     let bad_publish = caller.publish(&message("x", b"x")).await.unwrap();
@@ -346,7 +346,7 @@ async fn rotated_credentials_file_is_used_at_the_next_reconnect() {
     );
     let line = provider.put_link(&link).await;
     assert!(line.contains("link ready"), "{line}");
-    let caller = component.caller(&provider).await;
+    let caller = component.caller(&provider.key).await;
     let watcher = operator.user("watcher");
 
     let before = {

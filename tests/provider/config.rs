@@ -20,7 +20,7 @@ async fn assert_rejected(config: &[(&str, &str)], fragments: &[&str]) {
     let mut sub = lattice.client.subscribe("still.working").await.unwrap();
     round_trip(&lattice.client).await;
     component
-        .caller(&provider)
+        .caller(&provider.key)
         .await
         .publish(&message("still.working", b"ok"))
         .await
@@ -164,7 +164,7 @@ async fn subscriptions_on_a_consumer_link_are_ignored() {
         ))
         .await;
     let published = component
-        .caller(&provider)
+        .caller(&provider.key)
         .await
         .publish(&message("out", b"x"))
         .await

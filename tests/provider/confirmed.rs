@@ -1,10 +1,12 @@
 //! Confirmed publishes (`jetstream_publish`): `Ok` only once a stream has
 //! stored the message, each with a message id of the provider's, stored
-//! once even when sent again; clear errors when no stream takes it.
+//! once even when sent again; clear errors when no stream takes it, when
+//! JetStream does not answer and when acks are lost.
 
 use async_nats::jetstream::{self, stream};
+use nats_test_server::Proxy;
 
-use crate::support::{jetstream_lattice, message, ConsumerSetup};
+use crate::support::{jetstream_lattice, message, ConsumerSetup, Lattice};
 
 /// A consumer link with `jetstream_publish=orders.>` on a JetStream server
 /// whose stream ORDERS stores `orders.>` (made with `config`'s limits).
@@ -161,4 +163,69 @@ async fn subjects_outside_jetstream_publish_stay_core_publishes() {
         .await
         .unwrap();
     assert_eq!(info.state.messages, 0);
+}
+
+#[tokio::test]
+async fn a_confirmed_publish_without_jetstream_on_the_server_fails_saying_it_did_not_answer() {
+    // A server without JetStream: no stream answers the publish, and
+    // nothing answers the question which stream stores the subject.
+    let setup = ConsumerSetup::on(
+        Lattice::start().await,
+        &[
+            ("jetstream_publish", "orders.>"),
+            ("publish_timeout_ms", "1500"),
+        ],
+    )
+    .await;
+
+    let err = setup
+        .caller
+        .publish_error(&message("orders.created", b"order 1"))
+        .await;
+
+    assert!(
+        err.contains(
+            "publish to \"orders.created\" not stored: JetStream did not answer within 1500 ms"
+        ),
+        "{err}"
+    );
+}
+
+#[tokio::test]
+async fn a_confirmed_publish_whose_acks_are_lost_fails_and_is_stored_once() {
+    let lattice = jetstream_lattice().await;
+    let js = jetstream::new(lattice.client.clone());
+    js.create_stream(orders_stream()).await.expect("stream");
+    let proxy = Proxy::start(lattice.nats.port()).await;
+    let url = proxy.url();
+    let setup = ConsumerSetup::on(
+        lattice,
+        &[
+            ("cluster_uris", url.as_str()),
+            ("jetstream_publish", "orders.>"),
+            ("publish_timeout_ms", "3000"),
+        ],
+    )
+    .await;
+    // Every answer the link's connection gets is lost on the way back,
+    // a stream's acks among them: the provider sends again, with the same
+    // message id, until its publish timeout.
+    proxy.drop_replies(true);
+
+    let err = setup
+        .caller
+        .publish_error(&message("orders.created", b"order 1"))
+        .await;
+
+    assert!(
+        err.contains("publish to \"orders.created\" not acknowledged by JetStream within 3000 ms"),
+        "{err}"
+    );
+    assert!(err.contains("it may still have been stored"), "{err}");
+    let stream = js.get_stream("ORDERS").await.expect("stream");
+    assert_eq!(
+        stream.get_info().await.expect("info").state.messages,
+        1,
+        "sent again with its message id, stored once"
+    );
 }

@@ -6,6 +6,7 @@ use std::time::{Duration, Instant};
 
 use async_nats::jetstream::{self, consumer};
 use futures::StreamExt as _;
+use nats_test_server::Proxy;
 
 use crate::support::{
     create_stream, jetstream_lattice, Behaviour, Lattice, Link, NatsServer, ProviderOptions,
@@ -271,6 +272,105 @@ async fn handler_slower_than_ack_wait_is_not_redelivered_while_it_runs() {
         "delivered more than once"
     );
     component.expect_nothing(Duration::from_secs(2)).await;
+}
+
+/// The reader of a consumer waits on the JetStream API (here: a look-up
+/// that never gets an answer, after a fetch the server ended with an
+/// error), while a slow delivery of the same link runs: the delivery keeps
+/// its in-progress acks going, ends, and is acked meanwhile, so that the
+/// server does not redeliver it.
+#[tokio::test]
+async fn a_delivery_keeps_its_progress_acks_and_its_ack_while_the_consumer_look_up_hangs() {
+    let lattice = jetstream_lattice().await;
+    let js = js(&lattice);
+    let stream = create_stream(&js, "STALL", &["stall.>"]).await;
+    stream
+        .create_consumer(consumer::pull::Config {
+            durable_name: Some("slow".to_string()),
+            ack_wait: Duration::from_secs(2),
+            ..Default::default()
+        })
+        .await
+        .unwrap();
+    let proxy = Proxy::start(lattice.nats.port()).await;
+    let provider = lattice.provider(&[]).await;
+    let mut component = lattice
+        .component("worker", Behaviour::slow(Duration::from_secs(6)))
+        .await;
+    // Fetches of at most 1 KiB: a larger message ends the pull request
+    // with `409 Message Size Exceeds MaxBytes`, and the reader then looks
+    // the consumer up again.
+    let url = proxy.url();
+    provider
+        .put_link(&Link::handler(
+            "worker",
+            &[
+                ("cluster_uris", url.as_str()),
+                (
+                    "consumers",
+                    r#"[{"stream":"STALL","consumer":"slow","max_bytes":1024}]"#,
+                ),
+                ("max_in_flight", "2"),
+                ("handler_timeout_ms", "20000"),
+            ],
+        ))
+        .await;
+
+    publish_stored(&js, "stall.slow", 0..1).await;
+    // The call runs once its first in-progress ack (every second) is out.
+    let deadline = Instant::now() + WAIT;
+    while !proxy.acks().iter().any(|a| a.kind == "+WPI") {
+        assert!(
+            Instant::now() < deadline,
+            "no in-progress ack: {:?}",
+            proxy.acks()
+        );
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+    proxy.silence_jetstream_api(true);
+    js.publish("stall.big", vec![b'x'; 4096].into())
+        .await
+        .unwrap()
+        .await
+        .unwrap();
+    let deadline = Instant::now() + WAIT;
+    let acked = loop {
+        if let Some(ack) = proxy.acks().into_iter().find(|a| a.kind == "+ACK") {
+            break ack;
+        }
+        assert!(Instant::now() < deadline, "never acked: {:?}", proxy.acks());
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    };
+    let dropped = proxy.dropped_requests();
+    proxy.silence_jetstream_api(false);
+
+    assert!(
+        dropped
+            .iter()
+            .any(|s| s.starts_with("$JS.API.STREAM.INFO.STALL")),
+        "the reader did not look the consumer up while the API was silent: {dropped:?}"
+    );
+    let silent_since = proxy
+        .dropped_at()
+        .first()
+        .copied()
+        .expect("a dropped request");
+    let progress_while_waiting = proxy
+        .acks()
+        .iter()
+        .filter(|a| a.kind == "+WPI" && a.at > silent_since && a.at < acked.at)
+        .count();
+    assert!(
+        progress_while_waiting >= 2,
+        "{progress_while_waiting} in-progress acks while the reader waited on the API, \
+         acked {:?} after it began waiting",
+        acked.at.duration_since(silent_since)
+    );
+    assert_eq!(acked.stream_sequence(), Some(1), "{acked:?}");
+    assert_eq!(component.next().await.message.body, "0");
+    let info = consumer_info(&js, "STALL", "slow").await;
+    assert_eq!(info.num_redelivered, 0, "redelivered while the handler ran");
+    assert_eq!(info.ack_floor.stream_sequence, 1);
 }
 
 #[tokio::test]

@@ -41,7 +41,7 @@ async fn an_outage_with_a_full_command_queue_leaves_every_host_call_answering() 
 
     // Each publish queues a message and a flush in the client, which does
     // not read its queue while disconnected: 1,100 of them fill it.
-    let caller = Arc::new(component.caller(&provider).await);
+    let caller = Arc::new(component.caller(&provider.key).await);
     let publishes: Vec<_> = (0..1100)
         .map(|i| {
             let caller = Arc::clone(&caller);
@@ -277,7 +277,7 @@ async fn provider_secrets_survive_a_config_update() {
     round_trip(&subscriber).await;
 
     let result = component
-        .caller(&provider)
+        .caller(&provider.key)
         .await
         .publish(&message("kept", b"x"))
         .await
@@ -387,7 +387,7 @@ async fn sigterm_during_start_up_drains_and_exits_zero() {
 }
 
 /// How the server is restarted.
-#[derive(Clone, Copy, Debug)]
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
 enum Restart {
     /// SIGTERM.
     Stop,
@@ -395,12 +395,14 @@ enum Restart {
     LameDuck,
 }
 
-#[tokio::test]
+// Several threads: the restart blocks the test's own thread while the
+// publishing and feeding tasks go on, so that traffic runs during it.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_sigterm_restart_mid_traffic_resumes_publishes_and_deliveries() {
     restart_mid_traffic(Restart::Stop).await;
 }
 
-#[tokio::test]
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_lame_duck_restart_mid_traffic_resumes_publishes_and_deliveries() {
     restart_mid_traffic(Restart::LameDuck).await;
 }
@@ -446,7 +448,7 @@ async fn restart_mid_traffic(restart: Restart) {
             &[("cluster_uris", &servers), ("subscriptions", "in.>")],
         ))
         .await;
-    let caller = component.caller(&provider).await;
+    let caller = component.caller(&provider.key).await;
 
     let ok = Arc::new(std::sync::Mutex::new(Vec::new()));
     let stop = Arc::new(AtomicUsize::new(0));
@@ -466,39 +468,61 @@ async fn restart_mid_traffic(restart: Restart) {
             next.load(Ordering::SeqCst)
         })
     };
+    // Messages for the handler link, every 5 ms, before, during and after
+    // the restart (those sent while the server is down wait in the
+    // feeder's client).
     let feeder = async_nats::ConnectOptions::new()
         .retry_on_initial_connect()
         .connect(data.url())
         .await
         .unwrap();
-    let mut sent = 0u32;
-    for _ in 0..50 {
-        feeder
-            .publish(format!("in.{sent}"), "x".into())
-            .await
-            .unwrap();
-        sent += 1;
-        tokio::time::sleep(Duration::from_millis(5)).await;
-    }
+    let feeding = {
+        let stop = Arc::clone(&stop);
+        let feeder = feeder.clone();
+        tokio::spawn(async move {
+            let mut sent = 0u32;
+            while stop.load(Ordering::Relaxed) == 0 {
+                if feeder
+                    .publish(format!("in.{sent}"), "x".into())
+                    .await
+                    .is_ok()
+                {
+                    sent += 1;
+                }
+                tokio::time::sleep(Duration::from_millis(5)).await;
+            }
+            sent
+        })
+    };
+    tokio::time::sleep(Duration::from_millis(250)).await;
+    let before_restart = next.load(Ordering::SeqCst);
     match restart {
         Restart::Stop => data.restart(),
         Restart::LameDuck => data.lame_duck_restart(),
     }
+    let during_restart = next.load(Ordering::SeqCst) - before_restart;
     let unhealthy_seen = provider.logs.count(|l| l.contains("NATS connection lost")) > 0;
     provider
         .wait_for_health("healthy", WAIT, |healthy, _| healthy)
         .await;
     let resumed_from = next.load(Ordering::SeqCst);
-    for _ in 0..50 {
-        feeder
-            .publish(format!("in.{sent}"), "x".into())
-            .await
-            .unwrap();
-        sent += 1;
-        tokio::time::sleep(Duration::from_millis(5)).await;
+    // Traffic goes on until 20 publishes made after the recovery were
+    // answered Ok (or the wait is over: the assertion below then fails).
+    let deadline = Instant::now() + WAIT;
+    while ok
+        .lock()
+        .unwrap()
+        .iter()
+        .filter(|i| **i >= resumed_from)
+        .count()
+        < 20
+        && Instant::now() < deadline
+    {
+        tokio::time::sleep(Duration::from_millis(50)).await;
     }
-    feeder.flush().await.unwrap();
     stop.store(1, Ordering::Relaxed);
+    let sent = feeding.await.unwrap();
+    feeder.flush().await.unwrap();
     let attempted = publishing.await.unwrap();
     // Collect deliveries until the last message sent is in (or the wait is
     // over), then what still trickles in.
@@ -534,9 +558,10 @@ async fn restart_mid_traffic(restart: Restart) {
         .filter(|i| !delivered.contains(&format!("in.{i}")))
         .count();
     println!(
-        "{restart:?} restart: {attempted} publishes attempted, {} answered Ok, {} stored, {} answered Ok \
-         before the restart but not received; {sent} messages sent to the handler link, {} \
-         delivered, {lost_in_core} lost by core NATS",
+        "{restart:?} restart: {attempted} publishes attempted ({during_restart} during the \
+         restart), {} answered Ok, {} stored, {} answered Ok before the restart but not \
+         received; {sent} messages sent to the handler link, {} delivered, {lost_in_core} lost \
+         by core NATS",
         ok.len(),
         stored.len(),
         missing_before.len(),
@@ -544,6 +569,15 @@ async fn restart_mid_traffic(restart: Restart) {
     );
 
     assert!(unhealthy_seen || provider.logs.count(|l| l.contains("NATS connection up")) >= 2);
+    if restart == Restart::LameDuck {
+        assert!(
+            provider
+                .logs
+                .count(|l| l.contains("NATS server entered lame duck mode"))
+                > 0,
+            "the provider never saw lame duck mode"
+        );
+    }
     assert!(
         missing_after.is_empty(),
         "published after the restart, answered Ok, never received: {missing_after:?}"
@@ -578,7 +612,7 @@ async fn cluster_failover_keeps_publish_request_and_delivery_going() {
             &[("cluster_uris", &servers), ("subscriptions", "in")],
         ))
         .await;
-    let caller = component.caller(&provider).await;
+    let caller = component.caller(&provider.key).await;
     let connected = nodes
         .iter()
         .position(|n| {

@@ -42,7 +42,10 @@ async fn burst(
     peak
 }
 
-async fn burst_into_a_slow_handler(n: usize, size: usize) {
+/// A burst of `n` messages of `size` bytes; the provider's RSS may grow by
+/// `peak_growth` KiB at most while it lasts, and keep `kept_growth` KiB of
+/// it once the link is gone (what the allocator holds on to for reuse).
+async fn burst_into_a_slow_handler(n: usize, size: usize, peak_growth: u64, kept_growth: u64) {
     let lattice = Lattice::start().await;
     let provider = lattice.provider(&[]).await;
     let component = lattice
@@ -110,48 +113,66 @@ async fn burst_into_a_slow_handler(n: usize, size: usize) {
             "link {figures:?}, client {client_dropped}"
         );
     }
-    // The link queue holds at most 64 MiB; the rest is the process.
     assert!(
-        peak < idle + 160 * MIB,
+        peak < idle + peak_growth,
         "peak {peak} KiB over idle {idle} KiB"
     );
     assert!(
-        after < idle + 96 * MIB,
+        after < idle + kept_growth,
         "after {after} KiB over idle {idle} KiB"
     );
 }
 
 #[tokio::test]
 async fn a_burst_of_small_messages_into_a_slow_handler_stays_bounded() {
-    burst_into_a_slow_handler(200_000, 16).await;
+    // The link's queue: at most 65,536 messages, a few MiB at this size.
+    burst_into_a_slow_handler(200_000, 16, 64 * MIB, 32 * MIB).await;
 }
 
 #[tokio::test]
 async fn a_burst_of_large_messages_into_a_slow_handler_stays_bounded() {
-    burst_into_a_slow_handler(2_000, 256 * 1024).await;
+    // The link's queue: at most 32 MiB (2 x max_in_flight x max_payload),
+    // and what the NATS client holds for it meanwhile.
+    burst_into_a_slow_handler(2_000, 256 * 1024, 128 * MIB, 32 * MIB).await;
 }
 
-/// Sends `n` requests that get no reply, `concurrency` at a time; returns
-/// how many timed out.
-async fn unanswered_requests(caller: &Arc<Caller>, n: usize, concurrency: usize) -> usize {
+/// What became of requests that get no reply.
+#[derive(Debug, Default)]
+struct Unanswered {
+    /// Answered by the provider with its "no reply" error.
+    timed_out: usize,
+    /// Answered by the provider with another error (a few kept).
+    other_errors: Vec<String>,
+    /// The wRPC call itself failed: the invocation or its answer was lost.
+    lost: usize,
+}
+
+/// Sends `n` requests that get no reply, `concurrency` at a time.
+async fn unanswered_requests(caller: &Arc<Caller>, n: usize, concurrency: usize) -> Unanswered {
     let mut workers = Vec::new();
     for w in 0..concurrency {
         let caller = Arc::clone(caller);
         workers.push(tokio::spawn(async move {
-            let mut timed_out = 0;
+            let mut seen = Unanswered::default();
             for _ in (w..n).step_by(concurrency) {
-                if let Ok(Err(err)) = caller.request("silent", b"?", 5).await {
-                    timed_out += usize::from(err.contains("no reply"));
+                match caller.request("silent", b"?", 5).await {
+                    Ok(Err(err)) if err.contains("no reply") => seen.timed_out += 1,
+                    Ok(Err(err)) => seen.other_errors.push(err),
+                    Ok(Ok(reply)) => seen.other_errors.push(format!("answered: {reply:?}")),
+                    Err(_) => seen.lost += 1,
                 }
             }
-            timed_out
+            seen
         }));
     }
-    let mut timed_out = 0;
+    let mut all = Unanswered::default();
     for worker in workers {
-        timed_out += worker.await.unwrap();
+        let seen = worker.await.unwrap();
+        all.timed_out += seen.timed_out;
+        all.lost += seen.lost;
+        all.other_errors.extend(seen.other_errors);
     }
-    timed_out
+    all
 }
 
 #[tokio::test]
@@ -163,7 +184,7 @@ async fn requests_that_get_no_reply_leave_nothing_behind() {
     let mut silent = lattice.client.subscribe("silent").await.unwrap();
     round_trip(&lattice.client).await;
     let swallow = tokio::spawn(async move { while silent.next().await.is_some() {} });
-    let caller = Arc::new(component.caller(&provider).await);
+    let caller = Arc::new(component.caller(&provider.key).await);
     let subscriptions = || provider_subscriptions(&lattice.nats);
     let subs_before = subscriptions();
     let idle = provider.rss_kib();
@@ -184,23 +205,34 @@ async fn requests_that_get_no_reply_leave_nothing_behind() {
     let subs_after = subscriptions();
     swallow.abort();
     println!(
-        "{} unanswered requests in {:?}: {} timed out (the rest: wRPC calls lost on the \
-         way); RSS idle {} MiB, after {n} {} MiB, after {} {} MiB; provider subscriptions \
+        "{} unanswered requests in {:?}: {} timed out, {} wRPC calls lost, {} other errors; \
+         RSS idle {} MiB, after {n} {} MiB, after {} {} MiB; provider subscriptions \
          {subs_before} before, {subs_after} after",
         2 * n,
         started.elapsed(),
-        first + second,
+        first.timed_out + second.timed_out,
+        first.lost + second.lost,
+        first.other_errors.len() + second.other_errors.len(),
         idle / MIB,
         after_first / MIB,
         2 * n,
         after_second / MIB
     );
 
-    // wRPC over NATS now and then loses an invocation (about 1 in 10^4).
+    // Every request the provider took ends with its own timeout error.
     assert!(
-        first + second >= 2 * n - 2 * n / 1000,
-        "{} timed out",
-        first + second
+        first.other_errors.is_empty() && second.other_errors.is_empty(),
+        "{:?} {:?}",
+        &first.other_errors[..first.other_errors.len().min(5)],
+        &second.other_errors[..second.other_errors.len().min(5)]
+    );
+    // wRPC over NATS now and then loses an invocation: about 1 in 10^4 on
+    // a quiet machine, a few in 10^3 while other builds run beside.
+    assert!(
+        first.lost + second.lost <= 2 * n / 100,
+        "{} of {} wRPC calls lost",
+        first.lost + second.lost,
+        2 * n
     );
     assert_eq!(subs_after, subs_before, "inbox subscriptions left behind");
     assert!(

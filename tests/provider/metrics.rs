@@ -193,7 +193,7 @@ async fn deliveries_publishes_and_requests_are_exported_per_link() {
         lattice.client.publish("jobs.x", body.into()).await.unwrap();
     }
     component.take(5).await;
-    let caller = component.caller(&provider).await;
+    let caller = component.caller(&provider.key).await;
     for i in 0..3 {
         let message = BrokerMessage {
             subject: "out.x".to_string(),

@@ -42,7 +42,7 @@ async fn links_the_lattice_holds_but_never_put_are_applied_once_the_provider_lis
     );
     lattice.publish_numbered("missed.in", 1).await;
     assert_eq!(&component.next().await.message.body[..], b"0");
-    let caller = component.caller(&provider).await;
+    let caller = component.caller(&provider.key).await;
     let mut out = lattice.client.subscribe("missed.out").await.unwrap();
     crate::support::round_trip(&lattice.client).await;
     caller

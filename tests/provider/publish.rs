@@ -102,7 +102,7 @@ async fn publish_while_the_server_is_down_fails_after_the_publish_timeout() {
     let config: Vec<(&str, &str)> = config.iter().map(|(k, v)| (*k, v.as_str())).collect();
     let setup = ConsumerSetup::on(Lattice::start().await, &config).await;
     data.stop();
-    tokio::time::sleep(Duration::from_millis(200)).await;
+    setup.wait_until_disconnected().await;
 
     let err = setup.caller.publish_error(&message("lost", b"x")).await;
 
@@ -117,7 +117,7 @@ async fn unlinked_component_is_refused() {
     let component = lattice.component("stranger", Behaviour::default()).await;
 
     let err = component
-        .caller(&provider)
+        .caller(&provider.key)
         .await
         .publish_error(&message("anything", b"x"))
         .await;
@@ -159,13 +159,13 @@ async fn each_component_publishes_through_its_own_link_and_link_name() {
     let mut on_other = other_client.subscribe("where").await.unwrap();
     round_trip(&other_client).await;
 
-    let mut a_caller = a.caller(&provider).await;
+    let mut a_caller = a.caller(&provider.key).await;
     a_caller
         .publish(&message("where", b"a-default"))
         .await
         .unwrap()
         .unwrap();
-    b.caller(&provider)
+    b.caller(&provider.key)
         .await
         .publish(&message("where", b"b-default"))
         .await

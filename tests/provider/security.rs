@@ -38,7 +38,7 @@ async fn a_component_sending_bad_subjects_and_headers_harms_no_other_component()
     provider.put_link(&Link::consumer("b", &[])).await;
     let _responder = echo_responder(&lattice.client, "svc.echo").await;
     let connection_before = provider_connection_id(&lattice.nats);
-    let caller_b = b.caller(&provider).await;
+    let caller_b = b.caller(&provider.key).await;
     let requests_of_b = tokio::spawn(async move {
         let mut answered = 0;
         for i in 0..100 {
@@ -50,7 +50,7 @@ async fn a_component_sending_bad_subjects_and_headers_harms_no_other_component()
         answered
     });
 
-    let mut caller_a = a.caller(&provider).await;
+    let mut caller_a = a.caller(&provider.key).await;
     let long = format!("a.{}", "x".repeat(5000));
     let mut errors = Vec::new();
     for _ in 0..5 {
@@ -310,7 +310,7 @@ async fn no_secret_is_printed_at_trace_level() {
         provider.put_link(link).await;
     }
     let _ = provider.health().await;
-    let mut caller = component.caller(&provider).await;
+    let mut caller = component.caller(&provider.key).await;
     caller.link_name = "password".into();
     assert_eq!(caller.publish(&message("s", b"x")).await.unwrap(), Ok(()));
     provider

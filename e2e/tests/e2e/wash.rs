@@ -172,6 +172,16 @@ async fn readme_wash_commands_start_configure_and_link_the_provider() -> Result<
         .publish("orders.created", "order 1".into())
         .await?;
     let event = next(&mut events, WAIT).await?;
+    // The block's publish_allow: an answer to a reply subject outside it is
+    // refused to the component (the same request with an inbox reply
+    // subject was answered above). Same connection: the subscription is
+    // at the server before the request.
+    let mut elsewhere = lattice.client.subscribe("elsewhere.reply").await?;
+    lattice
+        .client
+        .publish_with_reply("audit.check", "elsewhere.reply", "hello".into())
+        .await?;
+    let outside_allow = quiet(&mut elsewhere, Duration::from_secs(2)).await;
 
     assert!(
         started.contains("Configuration 'nats-defaults' put successfully"),
@@ -192,6 +202,10 @@ async fn readme_wash_commands_start_configure_and_link_the_provider() -> Result<
     assert_eq!(text(&reply), "echo: HELLO");
     assert_eq!(event.subject.as_str(), "events.orders.created");
     assert_eq!(text(&event), "handled 7 bytes");
+    assert!(
+        outside_allow.is_empty(),
+        "answered outside publish_allow: {outside_allow:?}"
+    );
     lattice.host.stop().await
 }
 

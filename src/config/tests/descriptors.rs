@@ -28,15 +28,20 @@ fn parse(key: &Key, value: &str) -> Result<LinkSettings, ConfigError> {
 fn every_duration_is_accepted_up_to_its_maximum_and_refused_above_it() {
     let mut checked = Vec::new();
     for key in ALL {
-        let max = match key.form {
-            Form::Duration { max, .. } | Form::Durations { max, .. } => max,
+        let (max, zero_means_default) = match key.form {
+            Form::Duration {
+                max,
+                zero_means_default,
+                ..
+            } => (max, zero_means_default),
+            Form::Durations { max, .. } => (max, false),
             Form::Text { .. } | Form::Count { .. } => continue,
         };
         let at_max = parse(key, &max.to_string());
         assert!(at_max.is_ok(), "{}={max}: {:?}", key.name, at_max.err());
         for bad in [(max + 1).to_string(), "0".to_string()] {
-            if key.name == PING_INTERVAL_SEC.name && bad == "0" {
-                continue; // the v1 spelling of "the client's default"
+            if zero_means_default && bad == "0" {
+                continue;
             }
             let err = parse(key, &bad).expect_err(&format!("{}={bad}", key.name));
             assert_eq!(err.key, key.name, "{err}");
@@ -156,6 +161,11 @@ fn shown_range(key: &Key) -> Option<String> {
         Form::Text { .. } => None,
         Form::Count { min, max, .. } if max == u64::MAX => Some(format!("from {min}")),
         Form::Count { min, max, .. } => Some(format!("{min}..{max}")),
+        Form::Duration {
+            max,
+            zero_means_default: true,
+            ..
+        } => Some(format!("0..{max}")),
         Form::Duration { max, .. } | Form::Durations { max, .. } => Some(format!("1..{max}")),
     }
 }

@@ -466,6 +466,29 @@ fn a_blank_value_is_unset_for_every_key() {
 }
 
 #[test]
+fn a_blank_link_value_leaves_the_providers_value_in_place() {
+    let provider = map(&[
+        (CLUSTER_URIS.name, "nats://provider:4222"),
+        (PUBLISH_DENY.name, "secret.>"),
+    ]);
+    let defaults =
+        ProviderDefaults::new(&provider, &HashMap::new()).with_lattice_url("nats://lattice:4222");
+    let blank = defaults
+        .settings_for(
+            LinkRole::Consumer,
+            &map(&[(CLUSTER_URIS.name, " "), (PUBLISH_DENY.name, "")]),
+            &HashMap::new(),
+        )
+        .unwrap();
+    let unset = defaults
+        .settings_for(LinkRole::Consumer, &HashMap::new(), &HashMap::new())
+        .unwrap();
+    assert_eq!(blank, unset);
+    assert!(blank.consumer.access.check("secret.x").is_err());
+    assert!(blank.consumer.access.check("$SYS.x").is_ok());
+}
+
+#[test]
 fn publish_allow_limits_a_link_to_its_patterns() {
     let access = consumer_settings(&[(PUBLISH_ALLOW.name, "orders.>, audit.*")])
         .unwrap()

@@ -10,8 +10,6 @@ use bytes::Bytes;
 use futures::StreamExt as _;
 use tokio::sync::mpsc;
 
-use crate::host::{Lattice, Provider};
-use crate::server::ServerExt as _;
 use crate::WAIT;
 
 pub mod bindings {
@@ -146,10 +144,6 @@ pub struct Component {
 }
 
 impl Component {
-    pub(super) async fn start(lattice: &Lattice, id: &str, behaviour: Behaviour) -> Self {
-        Self::start_on(lattice.nats.client().await, &lattice.name, id, behaviour).await
-    }
-
     /// Serves `handler` as component `id` of lattice `lattice` over `nats`
     /// (for a component in a process of its own).
     pub async fn start_on(
@@ -241,12 +235,13 @@ impl Component {
         self.peak.load(Ordering::SeqCst)
     }
 
-    /// A wRPC client aimed at `provider`, with this component as source.
-    pub async fn caller(&self, provider: &Provider) -> Caller {
+    /// A wRPC client aimed at the provider whose key is `provider_key`,
+    /// with this component as source.
+    pub async fn caller(&self, provider_key: &str) -> Caller {
         Caller {
             wrpc: wrpc_transport_nats::Client::new(
                 Arc::clone(&self.nats),
-                format!("{}.{}", self.lattice, provider.key),
+                format!("{}.{provider_key}", self.lattice),
                 None,
             )
             .await

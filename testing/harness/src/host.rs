@@ -188,7 +188,7 @@ impl Lattice {
 
     /// Plays a component: serves `handler` under `id` on this lattice.
     pub async fn component(&self, id: &str, behaviour: Behaviour) -> Component {
-        Component::start(self, id, behaviour).await
+        Component::start_on(self.nats.client().await, &self.name, id, behaviour).await
     }
 }
 

@@ -7,6 +7,10 @@
 //! Each server has a folder of its own (config, log, JetStream store),
 //! removed with the server, and the process is killed on drop.
 
+mod proxy;
+
+pub use self::proxy::{Proxy, SeenAck};
+
 use std::io::{Read as _, Write as _};
 use std::net::TcpStream;
 use std::path::{Path, PathBuf};

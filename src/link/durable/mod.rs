@@ -1,11 +1,13 @@
 //! A JetStream pull consumer as a source of a handler link: each message
 //! acknowledged only after `handle-message` returned `Ok`.
 //!
-//! The source binds the consumer (creating the stream and the consumer
+//! The reader binds the consumer (creating the stream and the consumer
 //! where the link says so), then fetches in batches sized by the link's
 //! free delivery slots (at least its fair share of them) and its byte
 //! bound, so that a slow component leaves messages on the server rather
-//! than in the provider. A message's path:
+//! than in the provider. It hands what it fetched to the link's
+//! dispatcher, so that a bind or a fetch that waits on the server never
+//! holds up a delivery. A message's path ([`settle`]):
 //!
 //! 1. fetched; once it has a slot, delivered to the component with
 //!    in-progress acks every half `ack_wait` while the call runs, so that a
@@ -23,7 +25,8 @@
 //! at once. The consumer stays on the server, and the next link with the
 //! same name resumes from it.
 
-use std::collections::VecDeque;
+mod settle;
+
 use std::fmt;
 use std::sync::Arc;
 use std::time::Duration;
@@ -32,22 +35,18 @@ use async_nats::jetstream::consumer::pull;
 use async_nats::jetstream::consumer::{AckPolicy, PullConsumer};
 use async_nats::jetstream::context::GetStreamErrorKind;
 use async_nats::jetstream::stream;
-use async_nats::jetstream::{self, AckKind, ErrorCode};
-use async_nats::HeaderMap;
-use futures::stream::FuturesUnordered;
-use futures::{FutureExt as _, StreamExt as _};
+use async_nats::jetstream::{self, ErrorCode};
+use futures::FutureExt as _;
 use tokio::time::Instant;
-use tracing::{debug, error, info, warn};
+use tracing::{debug, info, warn};
 
+use self::settle::{FetchedMessage, SettleContext};
+use super::dispatch::{Feed, Room};
 use super::drain::{sleep_until, Drain};
-use super::invoke::{invoke, Target};
+use super::invoke::Target;
 use super::pull::Pull;
-use super::slots::{Slot, SlotQueue};
-use crate::config::{ConsumerSpec, DurableSettings, ManagedConsumer};
+use crate::config::{ConsumerSpec, DurableSettings, DurableSource, ManagedConsumer};
 use crate::connection::Lease;
-use crate::consumer::BrokerMessage;
-use crate::metrics::Dropped;
-use crate::trace_context;
 
 /// How long a fetch waits on the server for messages before it asks again;
 /// also how soon a consumer that was deleted and recreated is noticed.
@@ -58,27 +57,18 @@ const API_TIMEOUT: Duration = Duration::from_secs(5);
 /// Bound on handing an ack to the client: while disconnected its command
 /// queue can be full. An ack that does not go out means a redelivery.
 pub(crate) const ACK_TIMEOUT: Duration = Duration::from_secs(2);
-/// Pause before binding again after a failure (missing stream or consumer,
-/// no JetStream, server unreachable).
+/// Pause before binding again after a passing failure (missing stream or
+/// consumer, no JetStream, server unreachable).
 const RETRY_DELAY: Duration = Duration::from_secs(2);
+/// Pause before looking again at a consumer that cannot serve the link as
+/// it is (a push consumer, no explicit acks, a server too old): only a
+/// change on the server helps, so it is not asked every [`RETRY_DELAY`].
+const PERMANENT_RETRY_DELAY: Duration = Duration::from_secs(60);
 /// Bytes one fetch asks for when the link does not say: room for a burst
 /// without letting a backlog of large messages fill the provider's memory.
 const DEFAULT_FETCH_BYTES: usize = 8 * 1024 * 1024;
-/// Pauses between attempts to store a dead letter: doubling, so that a
-/// missing dead-letter stream is not hammered, yet found soon once created.
-const DEAD_LETTER_RETRY_MIN: Duration = Duration::from_millis(500);
-const DEAD_LETTER_RETRY_MAX: Duration = Duration::from_secs(30);
-/// Longest handler error copied into a dead letter's header.
-const MAX_ERROR_HEADER_LEN: usize = 1024;
 
-/// Headers a dead letter carries besides the original message's own.
-const HEADER_SUBJECT: &str = "Wasmcloud-Original-Subject";
-const HEADER_STREAM: &str = "Wasmcloud-Original-Stream";
-const HEADER_SEQUENCE: &str = "Wasmcloud-Original-Sequence";
-const HEADER_DELIVERIES: &str = "Wasmcloud-Delivery-Count";
-const HEADER_ERROR: &str = "Wasmcloud-Last-Error";
-
-/// Why a durable consumer cannot be read now; health shows it.
+/// Why a JetStream consumer cannot be read now; health shows it.
 #[derive(Debug)]
 pub(crate) enum DurableError {
     /// The link's connection has no server now.
@@ -90,18 +80,24 @@ pub(crate) enum DurableError {
     StreamNotFound {
         stream: String,
     },
-    /// A JetStream API call got no answer in time, or failed on the way.
+    /// A JetStream API request got no answer within `within`.
     NoAnswer {
-        what: String,
-        detail: String,
+        request: &'static str,
+        within: Duration,
+    },
+    /// The look-up of the stream failed on the way.
+    StreamLookup {
+        stream: String,
+        cause: String,
     },
     CreateStream {
         stream: String,
-        detail: String,
+        cause: String,
     },
+    /// The server refused to create, update or bind the consumer.
     Consumer {
         consumer: String,
-        detail: String,
+        cause: String,
     },
     PushConsumer {
         consumer: String,
@@ -114,8 +110,21 @@ pub(crate) enum DurableError {
         version: String,
     },
     Fetch {
-        detail: String,
+        cause: String,
     },
+}
+
+impl DurableError {
+    /// True for a consumer or server that cannot serve the link as it is:
+    /// binding again helps only once someone changes it.
+    pub(crate) fn is_permanent(&self) -> bool {
+        matches!(
+            self,
+            Self::PushConsumer { .. }
+                | Self::NotExplicitAck { .. }
+                | Self::FilterSubjectsUnsupported { .. }
+        )
+    }
 }
 
 impl fmt::Display for DurableError {
@@ -126,18 +135,21 @@ impl fmt::Display for DurableError {
                 f.write_str("JetStream is not enabled on the NATS server (or for this account)")
             }
             Self::StreamNotFound { stream } => write!(f, "stream {stream:?} not found"),
-            Self::NoAnswer { what, detail } => write!(
+            Self::NoAnswer { request, within } => write!(
                 f,
-                "the JetStream API did not answer the {what} (is JetStream enabled on the NATS \
-                 server?){detail}"
+                "the JetStream API did not answer the {request} within {within:?} (is JetStream \
+                 enabled on the NATS server?)"
             ),
-            Self::CreateStream { stream, detail } => {
-                write!(f, "cannot create stream {stream:?}: {detail}")
+            Self::StreamLookup { stream, cause } => {
+                write!(f, "the look-up of stream {stream:?} failed: {cause}")
             }
-            Self::Consumer { consumer, detail } => {
+            Self::CreateStream { stream, cause } => {
+                write!(f, "cannot create stream {stream:?}: {cause}")
+            }
+            Self::Consumer { consumer, cause } => {
                 write!(
                     f,
-                    "cannot create, update or bind consumer {consumer:?}: {detail}"
+                    "cannot create, update or bind consumer {consumer:?}: {cause}"
                 )
             }
             Self::PushConsumer { consumer } => write!(
@@ -154,75 +166,41 @@ impl fmt::Display for DurableError {
                 "more than one of filter_subjects needs nats-server 2.10 or later; this server \
                  is {version}"
             ),
-            Self::Fetch { detail } => write!(f, "fetch failed: {detail}"),
+            Self::Fetch { cause } => write!(f, "fetch failed: {cause}"),
         }
     }
 }
 
-/// Why a dead letter was not stored (yet).
-#[derive(Debug)]
-enum DeadLetterError {
-    Publish(String),
-    NotStored(String),
-    NoAck,
-}
+impl std::error::Error for DurableError {}
 
-impl fmt::Display for DeadLetterError {
-    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        match self {
-            Self::Publish(detail) => write!(f, "publish failed: {detail}"),
-            Self::NotStored(detail) => {
-                write!(
-                    f,
-                    "not stored by a stream (is one bound to the subject?): {detail}"
-                )
-            }
-            Self::NoAck => write!(f, "no ack from JetStream within {API_TIMEOUT:?}"),
-        }
-    }
-}
-
-/// One durable consumer of a handler link.
-pub(crate) struct DurableSource {
+/// Reads one JetStream consumer for a handler link.
+pub(crate) struct ConsumerReader {
     connection: Lease,
-    source: crate::config::DurableSource,
+    source: DurableSource,
     consumer_name: String,
     /// `stream/consumer`, naming the consumer in health and logs.
     label: String,
     policy: Arc<DurableSettings>,
     target: Target,
     drain: Drain,
-    /// The outcome of the bind at link start (see [`DurableSource::bind_at_start`]).
-    first: Option<Result<Bound, DurableError>>,
+    /// What binding at link start gave (see [`ConsumerReader::bind_at_start`]).
+    bound_at_start: Option<Result<BoundConsumer, DurableError>>,
 }
 
-/// A consumer found on the server, and what its deliveries need.
-struct Bound {
+/// A consumer found on the server, and what settling its messages takes.
+struct BoundConsumer {
     consumer: PullConsumer,
-    settle: Arc<Settle>,
+    settle: Arc<SettleContext>,
 }
 
-/// What a delivery needs besides its message; shared by all of a
-/// consumer's deliveries.
-struct Settle {
-    target: Target,
-    policy: Arc<DurableSettings>,
-    /// The consumer's own settings, which decide its messages' fate.
-    ack_wait: Duration,
-    /// Attempts per message; `None` for unlimited.
-    max_deliver: Option<u64>,
-    drain: Drain,
-    jetstream: jetstream::Context,
-}
-
-impl DurableSource {
-    /// The source for `source`, bound (its stream and consumer created
+impl ConsumerReader {
+    /// The reader of `source`, bound (its stream and consumer created
     /// where the link says so) by `deadline`, so that a message published
     /// once the link is put is consumed; one that cannot be bound yet is
     /// retried when it runs, and health says why meanwhile.
     pub(crate) async fn bind_at_start(
         connection: &Lease,
-        source: &crate::config::DurableSource,
+        source: &DurableSource,
         policy: &Arc<DurableSettings>,
         target: &Target,
         drain: &Drain,
@@ -245,16 +223,16 @@ impl DurableSource {
             policy: Arc::clone(policy),
             target: target.clone(),
             drain: drain.clone(),
-            first: None,
+            bound_at_start: None,
         };
-        let first = match tokio::time::timeout_at(deadline, this.bind()).await {
+        let bound = match tokio::time::timeout_at(deadline, this.bind()).await {
             Ok(bound) => bound,
             Err(_) => Err(DurableError::NoAnswer {
-                what: "consumer look-up within the link's connect timeout".to_string(),
-                detail: String::new(),
+                request: "consumer look-up",
+                within: deadline.saturating_duration_since(Instant::now()),
             }),
         };
-        this.first = Some(first);
+        this.bound_at_start = Some(bound);
         this
     }
 
@@ -263,17 +241,16 @@ impl DurableSource {
         &self.label
     }
 
-    /// Fetches and delivers until the link drains.
-    pub(crate) async fn run(mut self, mut slots: SlotQueue) {
-        let mut bound: Option<Bound> = None;
+    /// Binds, fetches and hands what it fetched to `feed` until the link
+    /// stops. Every wait here is the reader's own: the deliveries run in
+    /// the dispatcher meanwhile.
+    pub(crate) async fn run(mut self, mut feed: Feed) {
+        let mut bound: Option<BoundConsumer> = None;
         let mut batch: Option<Pull> = None;
-        // Fetched messages waiting for a slot.
-        let mut waiting: VecDeque<jetstream::Message> = VecDeque::new();
-        let mut in_flight = FuturesUnordered::new();
         let mut retry_at: Option<Instant> = None;
-        let mut stopping = false;
         let mut connected = self.connection.watch_connected();
-        match self.first.take() {
+        let drain = self.drain.clone();
+        match self.bound_at_start.take() {
             Some(Ok(found)) => {
                 self.clear_problem();
                 bound = Some(found);
@@ -282,29 +259,35 @@ impl DurableSource {
             None => {}
         }
         loop {
-            if stopping && in_flight.is_empty() {
-                break;
-            }
             let due = retry_at.is_none_or(|at| Instant::now() >= at);
-            if !stopping && due && bound.is_none() {
-                match tokio::time::timeout(API_TIMEOUT, self.bind()).await {
+            if due && bound.is_none() {
+                let bind = tokio::time::timeout(API_TIMEOUT, self.bind());
+                let Some(result) = drain.unless_stopping(bind).await else {
+                    break;
+                };
+                match result {
                     Ok(Ok(found)) => {
+                        retry_at = None;
                         self.clear_problem();
                         bound = Some(found);
                     }
                     Ok(Err(problem)) => self.problem(problem, &mut retry_at),
                     Err(_) => self.problem(
                         DurableError::NoAnswer {
-                            what: "consumer look-up".to_string(),
-                            detail: format!(" within {API_TIMEOUT:?}"),
+                            request: "consumer look-up",
+                            within: API_TIMEOUT,
                         },
                         &mut retry_at,
                     ),
                 }
             }
-            if let (false, None, Some(found)) = (stopping, &batch, &bound) {
-                if let Some(count) = fetch_size(&slots, in_flight.len() + waiting.len()) {
-                    match tokio::time::timeout(API_TIMEOUT, self.fetch(found, count)).await {
+            if let (None, Some(found)) = (&batch, &bound) {
+                if let Some(count) = fetch_size(feed.room()) {
+                    let fetch = tokio::time::timeout(API_TIMEOUT, self.fetch(found, count));
+                    let Some(result) = drain.unless_stopping(fetch).await else {
+                        break;
+                    };
+                    match result {
                         Ok(Ok(started)) => {
                             // Only a reconnection after this request counts.
                             connected.borrow_and_update();
@@ -317,8 +300,9 @@ impl DurableSource {
                         Err(_) => {
                             bound = None;
                             self.problem(
-                                DurableError::Fetch {
-                                    detail: "the fetch request timed out".to_string(),
+                                DurableError::NoAnswer {
+                                    request: "fetch request",
+                                    within: API_TIMEOUT,
                                 },
                                 &mut retry_at,
                             );
@@ -328,66 +312,64 @@ impl DurableSource {
             }
             tokio::select! {
                 biased;
-                // Deliveries see the abort themselves and nak their messages.
-                () = self.drain.stopping(), if !stopping => {
-                    stopping = true;
-                    // Fetched messages not delivered, those the client still
-                    // buffers included, are nak'd, so that another instance
+                () = drain.stopping() => {
+                    // Fetched messages the client still buffers go to the
+                    // dispatcher, which naks them, so that another instance
                     // gets them now. The open fetch goes with its
                     // subscription: the server drops a pull request whose
                     // reply subject nobody listens to any more (kept open,
                     // it would take messages published after the stop).
-                    if let Some(mut open) = batch.take() {
+                    if let (Some(mut open), Some(found)) = (batch.take(), &bound) {
                         while let Some(Some(Ok(msg))) = open.next().now_or_never() {
-                            waiting.push_back(msg);
+                            feed.send(Box::new(FetchedMessage { msg, settle: Arc::clone(&found.settle) }));
                         }
                     }
-                    for msg in waiting.drain(..) {
-                        nak(&msg, None).await;
-                    }
+                    break;
                 }
-                () = sleep_until(retry_at), if retry_at.is_some() && !stopping => {
+                () = sleep_until(retry_at), if retry_at.is_some() && bound.is_none() => {
                     retry_at = None;
                 }
                 // A pull request waiting on a server that restarted (or that
                 // the client left) is gone: without this the fetch would
                 // only end at its own timeout, `FETCH_EXPIRY` + 5 s later.
-                Ok(()) = connected.changed(), if batch.is_some() && !stopping => {
+                Ok(()) = connected.changed(), if batch.is_some() => {
                     debug!("reconnected; asking for messages again");
                     batch = None;
                 }
-                slot = slots.next(), if !waiting.is_empty() && !stopping => {
-                    let mut slot = Some(slot);
-                    while let Some(free) = slot.take().or_else(|| slots.try_next()) {
-                        let (Some(msg), Some(found)) = (waiting.pop_front(), &bound) else { break };
-                        in_flight.push(deliver(msg, free, Arc::clone(&found.settle)));
+                // A settled message may leave room for the next fetch.
+                () = feed.settled(), if batch.is_none() && bound.is_some() => {}
+                next = next_message(&mut batch), if batch.is_some() => match (next, &bound) {
+                    (Some(Ok(msg)), Some(found)) => {
+                        feed.send(Box::new(FetchedMessage { msg, settle: Arc::clone(&found.settle) }));
                     }
-                }
-                Some(()) = in_flight.next(), if !in_flight.is_empty() => {}
-                next = next_message(&mut batch), if batch.is_some() => match next {
-                    Some(Ok(msg)) => waiting.push_back(msg),
-                    Some(Err(err)) => {
+                    (Some(Err(err)), _) => {
                         batch = None;
                         debug!(error = %err, "fetch ended with an error");
                         // Binding again tells what went away (stream,
                         // consumer, JetStream) in words.
                         bound = None;
-                        self.problem(DurableError::Fetch { detail: err.to_string() }, &mut retry_at);
+                        self.problem(DurableError::Fetch { cause: err.to_string() }, &mut retry_at);
                     }
-                    None => batch = None,
+                    (Some(Ok(_)), None) | (None, _) => batch = None,
                 },
             }
         }
     }
 
     /// Records why the consumer cannot be read now, for health; logs it
-    /// when it changes; and schedules the next attempt.
+    /// when it changes; and schedules the next attempt, later for a
+    /// problem that only a change on the server mends.
     fn problem(&self, problem: DurableError, retry_at: &mut Option<Instant>) {
+        let (delay, again) = if problem.is_permanent() {
+            (PERMANENT_RETRY_DELAY, "looked at again every 60 s")
+        } else {
+            (RETRY_DELAY, "retrying")
+        };
         let line = format!("durable consumer {}: {problem}", self.label);
         if self.target.counters.set_problem(&self.label, line) {
-            warn!(problem = %problem, "durable consumer not available; retrying");
+            warn!(problem = %problem, "durable consumer not available; {again}");
         }
-        *retry_at = Some(Instant::now() + RETRY_DELAY);
+        *retry_at = Some(Instant::now() + delay);
     }
 
     fn clear_problem(&self) {
@@ -399,7 +381,7 @@ impl DurableSource {
     }
 
     /// Finds (or creates, as the link says) the stream and the consumer.
-    async fn bind(&self) -> Result<Bound, DurableError> {
+    async fn bind(&self) -> Result<BoundConsumer, DurableError> {
         if !self.connection.is_connected() {
             return Err(DurableError::Disconnected {
                 servers: self.connection.servers.clone(),
@@ -449,7 +431,7 @@ impl DurableSource {
         if self.policy.dead_letter_subject.is_some() && max_deliver.is_none() {
             warn!("the consumer redelivers without limit (max_deliver unset): nothing will be dead-lettered");
         }
-        let settle = Settle {
+        let settle = SettleContext {
             target: self.target.clone(),
             policy: Arc::clone(&self.policy),
             ack_wait: config.ack_wait,
@@ -457,7 +439,7 @@ impl DurableSource {
             drain: self.drain.clone(),
             jetstream: context,
         };
-        Ok(Bound {
+        Ok(BoundConsumer {
             consumer,
             settle: Arc::new(settle),
         })
@@ -494,7 +476,7 @@ impl DurableSource {
                 let created = context.get_or_create_stream(config).await.map_err(|err| {
                     DurableError::CreateStream {
                         stream: name.clone(),
-                        detail: err.to_string(),
+                        cause: err.to_string(),
                     }
                 })?;
                 info!(
@@ -513,9 +495,9 @@ impl DurableSource {
                     ErrorCode::JETSTREAM_NOT_ENABLED | ErrorCode::JETSTREAM_NOT_ENABLED_FOR_ACCOUNT,
                 ),
             ) => Err(DurableError::NoJetStream),
-            _ => Err(DurableError::NoAnswer {
-                what: format!("look-up of stream {name:?}"),
-                detail: format!(": {err}"),
+            _ => Err(DurableError::StreamLookup {
+                stream: name.clone(),
+                cause: err.to_string(),
             }),
         }
     }
@@ -523,13 +505,13 @@ impl DurableSource {
     fn consumer_error(&self, err: impl fmt::Display) -> DurableError {
         DurableError::Consumer {
             consumer: self.consumer_name.clone(),
-            detail: err.to_string(),
+            cause: err.to_string(),
         }
     }
 
     /// Asks for `count` messages and the byte bound, waiting up to
     /// [`FETCH_EXPIRY`] for them.
-    async fn fetch(&self, found: &Bound, count: usize) -> Result<Pull, DurableError> {
+    async fn fetch(&self, found: &BoundConsumer, count: usize) -> Result<Pull, DurableError> {
         let count = self.source.max_messages.map_or(count, |max| max.min(count));
         let bytes = self
             .source
@@ -545,7 +527,7 @@ impl DurableSource {
         )
         .await
         .map_err(|err| DurableError::Fetch {
-            detail: format!("fetch request failed: {err}"),
+            cause: format!("the request was not sent: {err}"),
         })
     }
 }
@@ -553,14 +535,15 @@ impl DurableSource {
 /// How many messages to ask for, if it is time to fetch: what this source
 /// could deliver now (the free slots, and at least its fair share of the
 /// link's), once at least half of that is not taken by its own deliveries
-/// and fetched messages (`held`), so that a fetch is not a server round
+/// and waiting messages (`held`), so that a fetch is not a server round
 /// trip per message.
-fn fetch_size(slots: &SlotQueue, held: usize) -> Option<usize> {
-    let room = (slots.free() + held)
-        .max(slots.fair_share())
-        .min(slots.max_in_flight());
-    let wanted = room.saturating_sub(held);
-    (wanted > 0 && (held == 0 || wanted >= room.div_ceil(2))).then_some(wanted)
+fn fetch_size(room: Room) -> Option<usize> {
+    let held = room.held;
+    let could = (room.free + held)
+        .max(room.fair_share)
+        .min(room.max_in_flight);
+    let wanted = could.saturating_sub(held);
+    (wanted > 0 && (held == 0 || wanted >= could.div_ceil(2))).then_some(wanted)
 }
 
 /// True for a server version (`2.10.4`) from 2.10 on; an unreadable one
@@ -601,206 +584,6 @@ async fn next_message(
     }
 }
 
-/// One message's path, from the handler call to its ack (see the module
-/// doc); the slot is held until the message is settled.
-async fn deliver(msg: jetstream::Message, slot: Slot, settle: Arc<Settle>) {
-    let _slot = slot;
-    let (delivered, stream_sequence) = match msg.info() {
-        Ok(info) => (
-            u64::try_from(info.delivered).unwrap_or(1),
-            info.stream_sequence,
-        ),
-        Err(err) => {
-            // Not a JetStream delivery: nothing to ack, nothing to retry.
-            warn!(error = %err, "message without JetStream metadata skipped");
-            return;
-        }
-    };
-    let headers = trace_context::from_message(msg.headers.as_ref());
-    let message = BrokerMessage {
-        subject: msg.subject.to_string(),
-        body: msg.payload.clone(),
-        // The reply subject of a JetStream delivery is its ack subject,
-        // which is not the component's to answer.
-        reply_to: None,
-    };
-    let call = invoke(&settle.target, headers, &message);
-    let outcome = tokio::select! {
-        biased;
-        () = settle.drain.aborted() => {
-            nak(&msg, None).await;
-            return;
-        }
-        outcome = with_progress(call, &msg, settle.ack_wait) => outcome,
-    };
-    let Some(error) = outcome.failure() else {
-        if let Err(err) = bounded_ack(&msg, AckKind::Ack).await {
-            warn!(
-                error = err,
-                stream_sequence, "ack not sent; the message will be redelivered"
-            );
-        }
-        return;
-    };
-    let last_attempt = settle.max_deliver.is_some_and(|max| delivered >= max);
-    if !last_attempt {
-        nak(&msg, settle.policy.backoff_after(delivered)).await;
-        return;
-    }
-    let counters = &settle.target.counters;
-    match &settle.policy.dead_letter_subject {
-        Some(subject) => {
-            // The server does not redeliver a message past `max_deliver`,
-            // so a dead letter that cannot be stored is tried again here,
-            // the message kept in progress meanwhile, until it is stored or
-            // the link's drain time is up.
-            let mut pause = DEAD_LETTER_RETRY_MIN;
-            loop {
-                let store = dead_letter(&settle.jetstream, subject, &msg, delivered, &error);
-                let stored = tokio::select! {
-                    biased;
-                    () = settle.drain.aborted() => return,
-                    stored = with_progress(store, &msg, settle.ack_wait) => stored,
-                };
-                match stored {
-                    Ok(()) => break,
-                    Err(problem) => {
-                        error!(
-                            problem = %problem,
-                            dead_letter_subject = subject,
-                            stream_sequence,
-                            retry_in_ms = pause.as_millis() as u64,
-                            "dead letter not stored; trying again"
-                        );
-                    }
-                }
-                tokio::select! {
-                    biased;
-                    () = settle.drain.aborted() => return,
-                    () = with_progress(tokio::time::sleep(pause), &msg, settle.ack_wait) => {}
-                }
-                pause = (pause * 2).min(DEAD_LETTER_RETRY_MAX);
-            }
-            counters.dead_lettered();
-            warn!(
-                dead_letter_subject = subject,
-                stream_sequence, delivered, "message dead-lettered after its last attempt"
-            );
-            let _ = bounded_ack(&msg, AckKind::Term).await;
-        }
-        None => {
-            counters.dropped(Dropped::MaxDeliver, 1);
-            warn!(
-                stream_sequence,
-                delivered,
-                error,
-                "message failed its last attempt (max_deliver) and is dropped; set \
-                 dead_letter_subject to keep such messages"
-            );
-            let _ = bounded_ack(&msg, AckKind::Term).await;
-        }
-    }
-}
-
-/// Runs `call`, telling the server every half `ack_wait` that the message
-/// is still being worked on.
-async fn with_progress<T>(
-    call: impl std::future::Future<Output = T>,
-    msg: &jetstream::Message,
-    ack_wait: Duration,
-) -> T {
-    let period = (ack_wait / 2).max(Duration::from_millis(50));
-    let mut ticks = tokio::time::interval_at(Instant::now() + period, period);
-    tokio::pin!(call);
-    loop {
-        tokio::select! {
-            outcome = &mut call => return outcome,
-            _ = ticks.tick() => {
-                if let Err(err) = bounded_ack(msg, AckKind::Progress).await {
-                    debug!(error = err, "in-progress ack not sent");
-                }
-            }
-        }
-    }
-}
-
-async fn nak(msg: &jetstream::Message, delay: Option<Duration>) {
-    if let Err(err) = bounded_ack(msg, AckKind::Nak(delay)).await {
-        debug!(
-            error = err,
-            "nak not sent; the server redelivers after ack_wait"
-        );
-    }
-}
-
-async fn bounded_ack(msg: &jetstream::Message, kind: AckKind) -> Result<(), String> {
-    match tokio::time::timeout(ACK_TIMEOUT, msg.ack_with(kind)).await {
-        Ok(Ok(())) => Ok(()),
-        Ok(Err(err)) => Err(err.to_string()),
-        Err(_) => Err("the NATS client did not take the ack in time".to_string()),
-    }
-}
-
-/// Publishes a copy of `msg` to the dead-letter subject through JetStream
-/// and waits for the stream's ack, so that it is terminated in its source
-/// only once it is stored.
-async fn dead_letter(
-    jetstream: &jetstream::Context,
-    subject: &str,
-    msg: &jetstream::Message,
-    delivered: u64,
-    error: &str,
-) -> Result<(), DeadLetterError> {
-    // The original headers go along, except the server's own `Nats-*`
-    // ones: a message id or an expected-sequence check would make the
-    // dead-letter stream drop or refuse the copy.
-    let mut headers = HeaderMap::new();
-    for (name, values) in msg.headers.iter().flat_map(HeaderMap::iter) {
-        if !AsRef::<str>::as_ref(name)
-            .to_ascii_lowercase()
-            .starts_with("nats-")
-        {
-            for value in values {
-                headers.append(name.clone(), value.clone());
-            }
-        }
-    }
-    let info = msg
-        .info()
-        .map_err(|err| DeadLetterError::Publish(err.to_string()))?;
-    headers.insert(HEADER_SUBJECT, msg.subject.as_str());
-    headers.insert(HEADER_STREAM, info.stream);
-    headers.insert(HEADER_SEQUENCE, info.stream_sequence.to_string().as_str());
-    headers.insert(HEADER_DELIVERIES, delivered.to_string().as_str());
-    headers.insert(HEADER_ERROR, header_text(error).as_str());
-    let publish = async {
-        jetstream
-            .publish_with_headers(subject.to_string(), headers, msg.payload.clone())
-            .await
-            .map_err(|err| DeadLetterError::Publish(err.to_string()))?
-            .await
-            .map_err(|err| DeadLetterError::NotStored(err.to_string()))
-    };
-    match tokio::time::timeout(API_TIMEOUT, publish).await {
-        Ok(Ok(_ack)) => Ok(()),
-        Ok(Err(problem)) => Err(problem),
-        Err(_) => Err(DeadLetterError::NoAck),
-    }
-}
-
-/// `text` fit for a header value: control characters (CR, LF) replaced,
-/// cut to [`MAX_ERROR_HEADER_LEN`] bytes on a character boundary.
-fn header_text(text: &str) -> String {
-    let mut out = String::with_capacity(text.len().min(MAX_ERROR_HEADER_LEN));
-    for c in text.chars().map(|c| if c.is_control() { ' ' } else { c }) {
-        if out.len() + c.len_utf8() > MAX_ERROR_HEADER_LEN {
-            break;
-        }
-        out.push(c);
-    }
-    out
-}
-
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -813,34 +596,29 @@ mod tests {
         assert!(supports_filter_subjects("2.11.0-beta"));
     }
 
-    #[test]
-    fn header_text_has_no_line_breaks_and_is_bounded() {
-        let text = header_text(&format!("bad\r\nInjected: yes{}", "é".repeat(2000)));
-        assert!(!text.contains('\r') && !text.contains('\n'));
-        assert!(text.len() <= MAX_ERROR_HEADER_LEN);
-        assert!(text.starts_with("bad  Injected: yes"));
+    fn room(free: usize, held: usize) -> Room {
+        Room {
+            free,
+            held,
+            fair_share: 8,
+            max_in_flight: 16,
+        }
     }
 
     #[test]
     fn a_fetch_asks_for_what_can_be_delivered_once_half_of_it_is_free() {
-        let slots = super::super::slots::Slots::new(16, 2);
-        let queue = slots.queue();
         // All 16 free, nothing held: ask for 16.
-        assert_eq!(fetch_size(&queue, 0), Some(16));
+        assert_eq!(fetch_size(room(16, 0)), Some(16));
         // 10 held of 16: only 6 more would be a small fetch.
-        let taken: Vec<_> = (0..10).filter_map(|_| queue.try_next()).collect();
-        assert_eq!(fetch_size(&queue, 10), None);
-        drop(taken);
+        assert_eq!(fetch_size(room(6, 10)), None);
+        // 4 held, 12 free: 12 more is worth a fetch.
+        assert_eq!(fetch_size(room(12, 4)), Some(12));
     }
 
     #[test]
     fn a_busy_link_still_fetches_its_fair_share() {
-        let slots = super::super::slots::Slots::new(16, 2);
-        let queue = slots.queue();
         // Another source holds every slot: this one still asks for its share.
-        let all: Vec<_> = (0..16).filter_map(|_| queue.try_next()).collect();
-        assert_eq!(all.len(), 16);
-        assert_eq!(fetch_size(&queue, 0), Some(8));
-        assert_eq!(fetch_size(&queue, 8), None);
+        assert_eq!(fetch_size(room(0, 0)), Some(8));
+        assert_eq!(fetch_size(room(0, 8)), None);
     }
 }
