@@ -20,7 +20,8 @@ pub use messaging_nats_harness::{
 /// component "c" with a consumer link configured by `config`.
 pub struct ConsumerSetup {
     pub lattice: Lattice,
-    pub provider: Provider,
+    /// Kept so that the provider process lives as long as the set-up.
+    _provider: Provider,
     pub caller: Caller,
 }
 
@@ -37,25 +38,9 @@ impl ConsumerSetup {
         let caller = component.caller(&provider.key).await;
         Self {
             lattice,
-            provider,
+            _provider: provider,
             caller,
         }
-    }
-
-    /// Waits until health says that the consumer link's connection is
-    /// down: the client has seen its server go.
-    pub async fn wait_until_disconnected(&self) {
-        self.provider
-            .wait_for_health(
-                "the consumer link's connection down",
-                WAIT,
-                |healthy, message| {
-                    !healthy
-                        && message.contains("consumer link")
-                        && message.contains("is disconnected")
-                },
-            )
-            .await;
     }
 
     /// Subscribes on the lattice's server, confirmed before it returns.
