@@ -445,6 +445,26 @@ mod tests {
             }));
         }
 
+        /// A running dispatcher of one slot with a core-like source that
+        /// has `c0` (running) and `c1` (waiting), and a stream-like one that
+        /// has `stream` waiting.
+        async fn core_and_stream(
+            &self,
+            stream: &[&str],
+        ) -> (Feed, Feed, tokio::task::JoinHandle<()>) {
+            let mut dispatcher = self.dispatcher(1, 2);
+            let core = dispatcher.feed(AtStop::Deliver, None);
+            let stream_feed = dispatcher.feed(AtStop::Withdraw, None);
+            self.send(&core, "c0", false);
+            self.send(&core, "c1", false);
+            for name in stream {
+                self.send(&stream_feed, name, true);
+            }
+            let running = tokio::spawn(dispatcher.run());
+            assert_eq!(self.settle().await, ["c0"]);
+            (core, stream_feed, running)
+        }
+
         /// Lets the dispatcher run until it waits (one thread: it is
         /// alone once the test sleeps), then returns the log so far.
         async fn settle(&self) -> Vec<String> {
@@ -507,15 +527,7 @@ mod tests {
     #[tokio::test]
     async fn at_stop_a_withdrawing_source_gives_back_what_waits_and_the_other_delivers_on() {
         let bench = Bench::new();
-        let mut dispatcher = bench.dispatcher(1, 2);
-        let core = dispatcher.feed(AtStop::Deliver, None);
-        let stream = dispatcher.feed(AtStop::Withdraw, None);
-        bench.send(&core, "c0", false);
-        bench.send(&core, "c1", false);
-        bench.send(&stream, "s0", true);
-        bench.send(&stream, "s1", true);
-        let running = tokio::spawn(dispatcher.run());
-        assert_eq!(bench.settle().await, ["c0"]);
+        let (core, stream, running) = bench.core_and_stream(&["s0", "s1"]).await;
 
         bench.drain.stop();
         let mut log = bench.settle().await;
@@ -535,14 +547,7 @@ mod tests {
     #[tokio::test]
     async fn at_the_drain_timeout_what_still_waits_is_dropped_or_given_back() {
         let bench = Bench::new();
-        let mut dispatcher = bench.dispatcher(1, 2);
-        let core = dispatcher.feed(AtStop::Deliver, None);
-        let stream = dispatcher.feed(AtStop::Withdraw, None);
-        bench.send(&core, "c0", false);
-        bench.send(&core, "c1", false);
-        bench.send(&stream, "s0", true);
-        let running = tokio::spawn(dispatcher.run());
-        assert_eq!(bench.settle().await, ["c0"]);
+        let (core, stream, running) = bench.core_and_stream(&["s0"]).await;
 
         bench.drain.abort();
         let log = bench.settle().await;
