@@ -123,10 +123,14 @@ impl NatsConnection {
     }
 
     /// A word for the connection state, for health messages and errors.
+    /// The client reports `Pending` while it tries a server, on a reconnect
+    /// too: once it has been connected that is an outage ("disconnected"),
+    /// only before the first connection is it "not yet connected".
     pub(crate) fn state(&self) -> &'static str {
         match self.client().connection_state() {
             State::Connected => "connected",
             State::Disconnected => "disconnected",
+            State::Pending if *self.signals.connected.borrow() > 0 => "disconnected",
             State::Pending => "not yet connected",
         }
     }
