@@ -44,7 +44,9 @@ cargo build --release --target wasm32-wasip2 \
 
 step "building the e2e crate with the embedded host (first build: 10-20 min on 2 cores)"
 # From inside e2e/ so that cargo reads the patch in e2e/.cargo/config.toml.
-(cd "$e2e" && cargo build --release --bins --tests)
+# With E2E_CLIPPY=1 (scripts/test sets it), clippy lints the crate as it
+# compiles (scripts/with-clippy); e2e/run-tests.sh builds the same way.
+(cd "$e2e" && ${E2E_CLIPPY:+"$repo/scripts/with-clippy"} cargo build --release --bins --tests)
 
 step "copying build/echo_component.wasm"
 mkdir -p "$repo/build"

@@ -123,9 +123,9 @@ impl NatsConnection {
     }
 
     /// A word for the connection state, for health messages and errors.
-    /// The client reports `Pending` while it tries a server, on a reconnect
-    /// too: once it has been connected that is an outage ("disconnected"),
-    /// only before the first connection is it "not yet connected".
+    /// A client is `Pending` until it first connects, and so is the new
+    /// client that replaces one which gave up reconnecting: once this
+    /// connection has been up, that is an outage ("disconnected").
     pub(crate) fn state(&self) -> &'static str {
         match self.client().connection_state() {
             State::Connected => "connected",

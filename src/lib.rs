@@ -21,6 +21,8 @@ mod link;
 mod message;
 mod metrics;
 mod provider;
+#[cfg(test)]
+mod readme;
 mod subject;
 mod sync;
 mod trace_context;

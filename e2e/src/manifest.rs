@@ -7,11 +7,10 @@ use std::path::Path;
 
 use anyhow::{Context as _, Result};
 use wadm_types::validation::{validate_manifest_bytes, ValidationFailureLevel};
-use wadm_types::{ConfigProperty, Manifest, Properties, TraitProperty};
+use wadm_types::{ConfigProperty, Manifest, Properties, SecretProperty, TraitProperty};
 use wit_parser::Resolve;
 
-/// Config keys the provider accepts, from the provider crate itself.
-/// Every config key the provider accepts.
+/// Every config key the provider accepts, from the provider crate itself.
 pub fn accepted_config_keys() -> Vec<&'static str> {
     messaging_nats::known_keys().collect()
 }
@@ -69,8 +68,8 @@ fn has_wit_files(dir: &Path) -> Result<bool> {
 
 /// Problems found in the manifest `yaml`: wadm's own validation errors, links
 /// to components the manifest does not define, links in the wrong direction
-/// or on interfaces missing from `interfaces`, and provider config keys
-/// missing from `accepted_keys`. Empty when the manifest is consistent.
+/// or on interfaces missing from `interfaces`, and provider config keys or
+/// link secret names missing from `accepted_keys`. Empty when the manifest is consistent.
 pub async fn check_manifest(
     yaml: &str,
     interfaces: &BTreeSet<String>,
@@ -111,7 +110,15 @@ fn check_parsed(
             (c.name.as_str(), kind)
         })
         .collect();
-    let mut check_keys = |owner: &str, configs: &[ConfigProperty]| {
+    let mut check_keys = |owner: &str, configs: &[ConfigProperty], secrets: &[SecretProperty]| {
+        for secret in secrets {
+            if !accepted_keys.contains(&secret.name.as_str()) {
+                problems.push(format!(
+                    "{owner}: secret {:?} names no key the provider accepts",
+                    secret.name
+                ));
+            }
+        }
         for config in configs {
             for key in config.properties.iter().flat_map(HashMap::keys) {
                 if !accepted_keys.contains(&key.as_str()) {
@@ -129,6 +136,7 @@ fn check_parsed(
             check_keys(
                 &format!("capability {}", component.name),
                 &properties.config,
+                &properties.secrets,
             );
         }
     }
@@ -182,11 +190,15 @@ fn check_parsed(
             }
             if source_kind == Some(Kind::Capability) {
                 if let Some(config) = &link.source {
-                    check_keys(&format!("{what} source"), &config.config);
+                    check_keys(&format!("{what} source"), &config.config, &config.secrets);
                 }
             }
             if target_kind == Kind::Capability {
-                check_keys(&format!("{what} target"), &link.target.config);
+                check_keys(
+                    &format!("{what} target"),
+                    &link.target.config,
+                    &link.target.secrets,
+                );
             }
         }
     }
@@ -293,6 +305,27 @@ spec:
             found.iter().any(|p| p.contains("\"subscription\"")),
             "{found:?}"
         );
+    }
+
+    #[tokio::test]
+    async fn unknown_secret_name_is_reported() {
+        let yaml = format!(
+            "{}              secrets:\n                - name: pasword\n                  \
+             properties:\n                    policy: kv\n                    key: k\n",
+            GOOD.replace(
+                "spec:\n  components:",
+                "spec:\n  policies:\n    - name: kv\n      \
+                 type: policy.secret.wasmcloud.dev/v1alpha1\n      \
+                 properties:\n        backend: nats-kv\n  components:",
+            )
+        );
+        let found = problems(&yaml).await;
+        assert!(
+            found.iter().any(|p| p.contains("secret \"pasword\"")),
+            "{found:?}"
+        );
+        let fixed = problems(&yaml.replace("pasword", "password")).await;
+        assert_eq!(fixed, Vec::<String>::new());
     }
 
     #[tokio::test]

@@ -55,6 +55,31 @@ pub fn blocks(readme: &str) -> Vec<Block> {
     blocks
 }
 
+/// Every ```yaml block marked `<!-- wadm: NAME -->`: (NAME, text).
+pub fn manifests(readme: &str) -> Vec<(String, String)> {
+    let mut found = Vec::new();
+    let mut lines = readme.lines();
+    while let Some(line) = lines.next() {
+        let Some(name) = line
+            .trim()
+            .strip_prefix("<!-- wadm: ")
+            .and_then(|rest| rest.strip_suffix(" -->"))
+        else {
+            continue;
+        };
+        if lines.next().map(str::trim) != Some("```yaml") {
+            continue;
+        }
+        let text: String = lines
+            .by_ref()
+            .take_while(|body| body.trim() != "```")
+            .map(|body| format!("{body}\n"))
+            .collect();
+        found.push((name.to_string(), text));
+    }
+    found
+}
+
 /// True for a block that runs `wash` or `nats` commands.
 pub fn uses_wash_or_nats(block: &Block) -> bool {
     block.text.lines().any(|line| {
@@ -105,6 +130,15 @@ mod tests {
         assert!(uses_wash_or_nats(&blocks[0]));
         assert_eq!(blocks[1].marker, None);
         assert!(!uses_wash_or_nats(&blocks[1]));
+    }
+
+    #[test]
+    fn manifests_are_the_yaml_blocks_marked_wadm() {
+        let readme = "<!-- wadm: a -->\n```yaml\nkind: A\n```\n\n```yaml\nkind: B\n```\n";
+        assert_eq!(
+            manifests(readme),
+            vec![("a".to_string(), "kind: A\n".to_string())]
+        );
     }
 
     #[test]

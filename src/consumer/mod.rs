@@ -402,3 +402,76 @@ fn encoded_header_len(headers: &HeaderMap) -> usize {
 fn trace_headers(cx: Option<&Context>) -> Result<Option<HeaderMap>, ConsumerError> {
     trace_context::from_invocation(cx).map_err(ConsumerError::InvalidHeader)
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// Every error a component can get, with the README's placeholders.
+    fn every_error() -> Vec<ConsumerError> {
+        let subject = || "<subject>".to_string();
+        let servers = || "<servers>".to_string();
+        let waited = Duration::from_millis(5000);
+        vec![
+            ConsumerError::InvalidSubject {
+                role: "subject",
+                subject: subject(),
+                reason: "<why>".into(),
+            },
+            ConsumerError::Denied {
+                role: "subject",
+                subject: subject(),
+                reason: "<why>".into(),
+            },
+            ConsumerError::InvalidHeader("<why>".into()),
+            ConsumerError::TooLarge {
+                size: 2_000_000,
+                max_payload: 1_048_576,
+            },
+            ConsumerError::TimeoutAboveMaximum {
+                requested_ms: 90_000,
+                max: Duration::from_secs(60),
+            },
+            ConsumerError::NotConfirmed {
+                subject: subject(),
+                waited,
+                servers: servers(),
+                state: "disconnected",
+            },
+            ConsumerError::ConnectionDown {
+                subject: subject(),
+                servers: servers(),
+                state: "disconnected",
+            },
+            ConsumerError::NoReply {
+                subject: subject(),
+                waited,
+            },
+            ConsumerError::NoResponders { subject: subject() },
+            ConsumerError::Nats {
+                subject: subject(),
+                source: "<error>".into(),
+            },
+            ConsumerError::NoStream { subject: subject() },
+            ConsumerError::Refused {
+                subject: subject(),
+                reason: "<why>".into(),
+            },
+            ConsumerError::NotAcknowledged {
+                subject: subject(),
+                waited,
+            },
+            ConsumerError::JetStreamUnavailable {
+                subject: subject(),
+                waited,
+            },
+            ConsumerError::ReplyToThroughJetStream { subject: subject() },
+        ]
+    }
+
+    #[test]
+    fn the_readme_quotes_every_error_a_component_can_get() {
+        let texts: Vec<String> = every_error().iter().map(ToString::to_string).collect();
+        crate::readme::assert_quotes("consumer", &texts);
+    }
+}

@@ -9,8 +9,8 @@ use futures::StreamExt as _;
 use nats_test_server::Proxy;
 
 use crate::support::{
-    create_stream, jetstream_lattice, Behaviour, Lattice, Link, NatsServer, ProviderOptions,
-    ServerExt as _, ServerOptions, WAIT,
+    consumer_info, create_stream, jetstream_lattice, Behaviour, Lattice, Link, NatsServer,
+    ProviderOptions, ServerExt as _, ServerOptions, WAIT,
 };
 
 fn js(lattice: &Lattice) -> jetstream::Context {
@@ -35,15 +35,6 @@ async fn publish_stored(js: &jetstream::Context, subject: &str, range: std::ops:
     for ack in acks {
         ack.await.expect("stored");
     }
-}
-
-async fn consumer_info(js: &jetstream::Context, stream: &str, name: &str) -> consumer::Info {
-    js.get_stream(stream)
-        .await
-        .expect("stream")
-        .consumer_info(name)
-        .await
-        .expect("consumer info")
 }
 
 /// The first message `stream` stores, waiting for it up to `within`.

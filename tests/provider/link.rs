@@ -9,7 +9,8 @@ use std::time::{Duration, Instant};
 use async_nats::jetstream::{self, consumer};
 
 use crate::support::{
-    create_stream, jetstream_lattice, Behaviour, Lattice, Link, NatsServer, Received, WAIT,
+    consumer_info, create_stream, jetstream_lattice, Behaviour, Gate, Lattice, Link, NatsServer,
+    Received, WAIT,
 };
 
 /// Messages published to each of the three sources.
@@ -127,19 +128,47 @@ async fn max_in_flight_bounds_subscriptions_stream_and_consumers_together() {
 #[tokio::test]
 async fn free_slots_go_to_the_sources_in_turn_not_to_the_first_flooded() {
     let (lattice, _provider, js) = three_source_link("4", "2000").await;
+    let gate = Gate::closed();
     let mut component = lattice
-        .component("worker", Behaviour::slow(Duration::from_millis(100)))
+        .component(
+            "worker",
+            Behaviour {
+                delay: Duration::from_millis(300),
+                gate: Some(gate.clone()),
+                ..Behaviour::default()
+            },
+        )
         .await;
 
     // One source after the other: served in the order messages arrived,
-    // the first EACH deliveries would all be the core subscription's.
+    // the first EACH deliveries would all be the core subscription's. The
+    // calls are held until every source has messages waiting in the
+    // provider (the first four slots taken by the core subscription, each
+    // stream's consumer with fetched messages not yet acked).
     flood(&lattice, &js, Order::SourceBySource).await;
+    let managed = messaging_nats::default_durable_name("worker", "default");
+    let deadline = Instant::now() + WAIT;
+    loop {
+        let dur = consumer_info(&js, "DUR", "bound").await.num_ack_pending;
+        let own = consumer_info(&js, "MANAGED", &managed)
+            .await
+            .num_ack_pending;
+        if component.in_flight() == 4 && dur > 0 && own > 0 {
+            break;
+        }
+        assert!(
+            Instant::now() < deadline,
+            "sources not all waiting: {} in flight, pending DUR {dur}, MANAGED {own}",
+            component.in_flight()
+        );
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+    gate.open();
     let first = component.take(EACH).await;
     component.take(2 * EACH).await;
 
     // In turn, each source gets about a third of the first deliveries (the
-    // first few went to the core subscription alone, before the streams
-    // had anything).
+    // first four are the core subscription's).
     let counts = by_subject(&first);
     for subject in SUBJECTS {
         let n = counts.get(subject).copied().unwrap_or_default();

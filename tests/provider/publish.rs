@@ -101,6 +101,7 @@ async fn publish_while_the_server_is_down_fails_after_the_publish_timeout() {
     ];
     let config: Vec<(&str, &str)> = config.iter().map(|(k, v)| (*k, v.as_str())).collect();
     let setup = ConsumerSetup::on(Lattice::start().await, &config).await;
+    setup.wait_connected().await;
     data.stop();
     tokio::time::sleep(Duration::from_millis(200)).await;
 

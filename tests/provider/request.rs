@@ -110,6 +110,7 @@ async fn request_timeout_above_the_maximum_is_refused() {
 async fn request_while_the_server_is_down_fails_saying_the_connection_is_down() {
     let mut data = NatsServer::start();
     let setup = ConsumerSetup::on(Lattice::start().await, &[("cluster_uris", &data.url())]).await;
+    setup.wait_connected().await;
     data.stop();
     tokio::time::sleep(Duration::from_millis(200)).await;
 

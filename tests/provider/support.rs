@@ -11,8 +11,8 @@ use std::time::Duration;
 pub mod credentials;
 
 pub use messaging_nats_harness::{
-    echo_responder, pairs, round_trip, spawn_provider, Behaviour, BrokerMessage, Caller, Lattice,
-    Link, Logs, NatsServer, Provider, ProviderOptions, Received, ServerExt, ServerOptions,
+    echo_responder, pairs, round_trip, spawn_provider, Behaviour, BrokerMessage, Caller, Gate,
+    Lattice, Link, Logs, NatsServer, Provider, ProviderOptions, Received, ServerExt, ServerOptions,
     LAME_DUCK_CONFIG, WAIT,
 };
 
@@ -20,8 +20,7 @@ pub use messaging_nats_harness::{
 /// component "c" with a consumer link configured by `config`.
 pub struct ConsumerSetup {
     pub lattice: Lattice,
-    /// Kept so that the provider process lives as long as the set-up.
-    _provider: Provider,
+    pub provider: Provider,
     pub caller: Caller,
 }
 
@@ -38,9 +37,18 @@ impl ConsumerSetup {
         let caller = component.caller(&provider.key).await;
         Self {
             lattice,
-            _provider: provider,
+            provider,
             caller,
         }
+    }
+
+    /// Waits until health says every link's connection is up: a link put
+    /// answers after `connect_timeout_ms` at most, connected or not (a
+    /// slow machine or emulator can take longer to connect).
+    pub async fn wait_connected(&self) {
+        self.provider
+            .wait_for_health("the link's connection up", WAIT, |healthy, _| healthy)
+            .await;
     }
 
     /// Subscribes on the lattice's server, confirmed before it returns.
@@ -87,6 +95,20 @@ pub async fn create_stream(
     })
     .await
     .expect("create stream")
+}
+
+/// The server's view of consumer `name` of `stream`.
+pub async fn consumer_info(
+    js: &async_nats::jetstream::Context,
+    stream: &str,
+    name: &str,
+) -> async_nats::jetstream::consumer::Info {
+    js.get_stream(stream)
+        .await
+        .expect("stream")
+        .consumer_info(name)
+        .await
+        .expect("consumer info")
 }
 
 /// Every message stream `name` stores, read by a consumer of its own

@@ -197,27 +197,12 @@ fn readme_table(table: Table) -> String {
     out
 }
 
-/// The README's table between `<!-- keys: NAME -->` and `<!-- end keys -->`.
-fn readme_section(readme: &str, name: &str) -> String {
-    let start = format!("<!-- keys: {name} -->\n");
-    let from = readme
-        .find(&start)
-        .unwrap_or_else(|| panic!("README has no {start:?} marker"))
-        + start.len();
-    let to = from
-        + readme[from..]
-            .find("<!-- end keys -->")
-            .expect("README key table not closed");
-    readme[from..to].to_string()
-}
-
 #[test]
 fn readme_key_tables_are_the_descriptors() {
-    let readme = include_str!("../../../README.md");
     for (name, table) in [("links", Table::Links), ("durable", Table::Durable)] {
         let expected = readme_table(table);
         assert_eq!(
-            readme_section(readme, name),
+            crate::readme::section("keys", name),
             expected,
             "README table {name:?} differs from src/config/keys.rs; it should read:\n{expected}"
         );

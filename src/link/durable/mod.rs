@@ -28,6 +28,7 @@
 mod settle;
 
 use std::fmt;
+use std::ops::ControlFlow;
 use std::sync::Arc;
 use std::time::Duration;
 
@@ -37,6 +38,7 @@ use async_nats::jetstream::context::GetStreamErrorKind;
 use async_nats::jetstream::stream;
 use async_nats::jetstream::{self, ErrorCode};
 use futures::FutureExt as _;
+use tokio::sync::watch;
 use tokio::time::Instant;
 use tracing::{debug, info, warn};
 
@@ -193,6 +195,31 @@ struct BoundConsumer {
     settle: Arc<SettleContext>,
 }
 
+/// Where a reader is: its consumer once bound, its open pull request, and
+/// when to try binding again after a problem.
+#[derive(Default)]
+struct Progress {
+    bound: Option<BoundConsumer>,
+    batch: Option<Pull>,
+    retry_at: Option<Instant>,
+}
+
+/// At the stop, fetched messages the client still buffers go to the
+/// dispatcher, which naks them, so that another instance gets them now.
+/// The open fetch goes with its subscription: the server drops a pull
+/// request whose reply subject nobody listens to any more (kept open, it
+/// would take messages published after the stop).
+fn hand_over_buffered(now: &mut Progress, feed: &mut Feed) {
+    if let (Some(mut open), Some(found)) = (now.batch.take(), &now.bound) {
+        while let Some(Some(Ok(msg))) = open.next().now_or_never() {
+            feed.send(Box::new(FetchedMessage {
+                msg,
+                settle: Arc::clone(&found.settle),
+            }));
+        }
+    }
+}
+
 impl ConsumerReader {
     /// The reader of `source`, bound (its stream and consumer created
     /// where the link says so) by `deadline`, so that a message published
@@ -245,115 +272,120 @@ impl ConsumerReader {
     /// stops. Every wait here is the reader's own: the deliveries run in
     /// the dispatcher meanwhile.
     pub(crate) async fn run(mut self, mut feed: Feed) {
-        let mut bound: Option<BoundConsumer> = None;
-        let mut batch: Option<Pull> = None;
-        let mut retry_at: Option<Instant> = None;
+        let mut now = Progress::default();
         let mut connected = self.connection.watch_connected();
         let drain = self.drain.clone();
-        match self.bound_at_start.take() {
-            Some(Ok(found)) => {
-                self.clear_problem();
-                bound = Some(found);
-            }
-            Some(Err(problem)) => self.problem(problem, &mut retry_at),
-            None => {}
+        if let Some(first) = self.bound_at_start.take() {
+            self.settle_bind(first, &mut now);
         }
         loop {
-            let due = retry_at.is_none_or(|at| Instant::now() >= at);
-            if due && bound.is_none() {
-                let bind = tokio::time::timeout(API_TIMEOUT, self.bind());
-                let Some(result) = drain.unless_stopping(bind).await else {
-                    break;
-                };
-                match result {
-                    Ok(Ok(found)) => {
-                        retry_at = None;
-                        self.clear_problem();
-                        bound = Some(found);
-                    }
-                    Ok(Err(problem)) => self.problem(problem, &mut retry_at),
-                    Err(_) => self.problem(
-                        DurableError::NoAnswer {
-                            request: "consumer look-up",
-                            within: API_TIMEOUT,
-                        },
-                        &mut retry_at,
-                    ),
-                }
-            }
-            if let (None, Some(found)) = (&batch, &bound) {
-                if let Some(count) = fetch_size(feed.room()) {
-                    let fetch = tokio::time::timeout(API_TIMEOUT, self.fetch(found, count));
-                    let Some(result) = drain.unless_stopping(fetch).await else {
-                        break;
-                    };
-                    match result {
-                        Ok(Ok(started)) => {
-                            // Only a reconnection after this request counts.
-                            connected.borrow_and_update();
-                            batch = Some(started);
-                        }
-                        Ok(Err(problem)) => {
-                            bound = None;
-                            self.problem(problem, &mut retry_at);
-                        }
-                        Err(_) => {
-                            bound = None;
-                            self.problem(
-                                DurableError::NoAnswer {
-                                    request: "fetch request",
-                                    within: API_TIMEOUT,
-                                },
-                                &mut retry_at,
-                            );
-                        }
-                    }
-                }
+            if self.bind_when_due(&mut now).await.is_break()
+                || self
+                    .fetch_when_room(&mut now, &feed, &mut connected)
+                    .await
+                    .is_break()
+            {
+                break;
             }
             tokio::select! {
                 biased;
                 () = drain.stopping() => {
-                    // Fetched messages the client still buffers go to the
-                    // dispatcher, which naks them, so that another instance
-                    // gets them now. The open fetch goes with its
-                    // subscription: the server drops a pull request whose
-                    // reply subject nobody listens to any more (kept open,
-                    // it would take messages published after the stop).
-                    if let (Some(mut open), Some(found)) = (batch.take(), &bound) {
-                        while let Some(Some(Ok(msg))) = open.next().now_or_never() {
-                            feed.send(Box::new(FetchedMessage { msg, settle: Arc::clone(&found.settle) }));
-                        }
-                    }
+                    hand_over_buffered(&mut now, &mut feed);
                     break;
                 }
-                () = sleep_until(retry_at), if retry_at.is_some() && bound.is_none() => {
-                    retry_at = None;
+                () = sleep_until(now.retry_at), if now.retry_at.is_some() && now.bound.is_none() => {
+                    now.retry_at = None;
                 }
                 // A pull request waiting on a server that restarted (or that
                 // the client left) is gone: without this the fetch would
                 // only end at its own timeout, `FETCH_EXPIRY` + 5 s later.
-                Ok(()) = connected.changed(), if batch.is_some() => {
+                Ok(()) = connected.changed(), if now.batch.is_some() => {
                     debug!("reconnected; asking for messages again");
-                    batch = None;
+                    now.batch = None;
                 }
                 // A settled message may leave room for the next fetch.
-                () = feed.settled(), if batch.is_none() && bound.is_some() => {}
-                next = next_message(&mut batch), if batch.is_some() => match (next, &bound) {
+                () = feed.settled(), if now.batch.is_none() && now.bound.is_some() => {}
+                next = next_message(&mut now.batch), if now.batch.is_some() => match (next, &now.bound) {
                     (Some(Ok(msg)), Some(found)) => {
                         feed.send(Box::new(FetchedMessage { msg, settle: Arc::clone(&found.settle) }));
                     }
                     (Some(Err(err)), _) => {
-                        batch = None;
+                        now.batch = None;
                         debug!(error = %err, "fetch ended with an error");
                         // Binding again tells what went away (stream,
                         // consumer, JetStream) in words.
-                        bound = None;
-                        self.problem(DurableError::Fetch { cause: err.to_string() }, &mut retry_at);
+                        now.bound = None;
+                        self.problem(DurableError::Fetch { cause: err.to_string() }, &mut now.retry_at);
                     }
-                    (Some(Ok(_)), None) | (None, _) => batch = None,
+                    (Some(Ok(_)), None) | (None, _) => now.batch = None,
                 },
             }
         }
+    }
+
+    /// Binds when the reader has no consumer and its next attempt is due.
+    /// `Break` when the link stops meanwhile.
+    async fn bind_when_due(&self, now: &mut Progress) -> ControlFlow<()> {
+        if now.bound.is_some() || now.retry_at.is_some_and(|at| Instant::now() < at) {
+            return ControlFlow::Continue(());
+        }
+        let bind = tokio::time::timeout(API_TIMEOUT, self.bind());
+        let Some(result) = self.drain.unless_stopping(bind).await else {
+            return ControlFlow::Break(());
+        };
+        let result = result.unwrap_or(Err(DurableError::NoAnswer {
+            request: "consumer look-up",
+            within: API_TIMEOUT,
+        }));
+        self.settle_bind(result, now);
+        ControlFlow::Continue(())
+    }
+
+    fn settle_bind(&self, result: Result<BoundConsumer, DurableError>, now: &mut Progress) {
+        match result {
+            Ok(found) => {
+                now.retry_at = None;
+                self.clear_problem();
+                now.bound = Some(found);
+            }
+            Err(problem) => self.problem(problem, &mut now.retry_at),
+        }
+    }
+
+    /// Opens a pull request when none is open and the link has room for
+    /// more messages. `Break` when the link stops meanwhile.
+    async fn fetch_when_room(
+        &self,
+        now: &mut Progress,
+        feed: &Feed,
+        connected: &mut watch::Receiver<u64>,
+    ) -> ControlFlow<()> {
+        let (None, Some(found)) = (&now.batch, &now.bound) else {
+            return ControlFlow::Continue(());
+        };
+        let Some(count) = fetch_size(feed.room()) else {
+            return ControlFlow::Continue(());
+        };
+        let fetch = tokio::time::timeout(API_TIMEOUT, self.fetch(found, count));
+        let Some(result) = self.drain.unless_stopping(fetch).await else {
+            return ControlFlow::Break(());
+        };
+        let result = result.unwrap_or(Err(DurableError::NoAnswer {
+            request: "fetch request",
+            within: API_TIMEOUT,
+        }));
+        match result {
+            Ok(started) => {
+                // Only a reconnection after this request counts.
+                connected.borrow_and_update();
+                now.batch = Some(started);
+            }
+            Err(problem) => {
+                now.bound = None;
+                self.problem(problem, &mut now.retry_at);
+            }
+        }
+        ControlFlow::Continue(())
     }
 
     /// Records why the consumer cannot be read now, for health; logs it
@@ -587,6 +619,49 @@ async fn next_message(
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn the_readme_names_every_problem_of_a_durable_link() {
+        let consumer = || "<consumer>".to_string();
+        let cause = || "<error>".to_string();
+        let stream = || "ORDERS".to_string();
+        let problems = [
+            DurableError::Disconnected {
+                servers: "<servers>".into(),
+                state: "disconnected",
+            },
+            DurableError::NoJetStream,
+            DurableError::StreamNotFound { stream: stream() },
+            DurableError::NoAnswer {
+                request: "consumer look-up",
+                within: API_TIMEOUT,
+            },
+            DurableError::StreamLookup {
+                stream: stream(),
+                cause: cause(),
+            },
+            DurableError::CreateStream {
+                stream: stream(),
+                cause: cause(),
+            },
+            DurableError::Consumer {
+                consumer: consumer(),
+                cause: cause(),
+            },
+            DurableError::PushConsumer {
+                consumer: consumer(),
+            },
+            DurableError::NotExplicitAck {
+                consumer: consumer(),
+            },
+            DurableError::FilterSubjectsUnsupported {
+                version: "2.9.10".into(),
+            },
+            DurableError::Fetch { cause: cause() },
+        ];
+        let texts: Vec<String> = problems.iter().map(ToString::to_string).collect();
+        crate::readme::assert_quotes("durable", &texts);
+    }
 
     #[test]
     fn filter_subjects_need_server_2_10() {

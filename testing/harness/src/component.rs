@@ -8,7 +8,7 @@ use std::time::Duration;
 use anyhow::Context as _;
 use bytes::Bytes;
 use futures::StreamExt as _;
-use tokio::sync::mpsc;
+use tokio::sync::{mpsc, watch};
 
 use crate::WAIT;
 
@@ -31,6 +31,29 @@ pub struct Behaviour {
     pub count_only: bool,
     /// Returns `Err` for the first this many calls with the same body.
     pub fail_attempts: usize,
+    /// Holds every call (before its delay) until the gate opens.
+    pub gate: Option<Gate>,
+}
+
+/// Holds `handle-message` calls until opened, so that a test can let the
+/// provider's queues fill before any delivery slot frees.
+#[derive(Clone)]
+pub struct Gate(Arc<watch::Sender<bool>>);
+
+impl Gate {
+    pub fn closed() -> Self {
+        Self(Arc::new(watch::channel(false).0))
+    }
+
+    /// Lets every held call and every later one through.
+    pub fn open(&self) {
+        self.0.send_replace(true);
+    }
+
+    async fn pass(&self) {
+        // The sender lives in `self`: the wait ends only when it opens.
+        let _ = self.0.subscribe().wait_for(|open| *open).await;
+    }
 }
 
 impl Behaviour {
@@ -90,6 +113,9 @@ impl bindings::exports::wasmcloud::messaging::handler::Handler<Option<async_nats
     ) -> anyhow::Result<Result<(), String>> {
         let now = self.in_flight.fetch_add(1, Ordering::SeqCst) + 1;
         self.peak.fetch_max(now, Ordering::SeqCst);
+        if let Some(gate) = &self.behaviour.gate {
+            gate.pass().await;
+        }
         if !self.behaviour.delay.is_zero() {
             tokio::time::sleep(self.behaviour.delay).await;
         }
@@ -138,6 +164,7 @@ pub struct Component {
     received: mpsc::UnboundedReceiver<Received>,
     peak: Arc<AtomicUsize>,
     handled: Arc<AtomicUsize>,
+    in_flight: Arc<AtomicUsize>,
     lattice: String,
     nats: Arc<async_nats::Client>,
     serving: tokio::task::JoinHandle<()>,
@@ -160,10 +187,11 @@ impl Component {
         let (tx, received) = mpsc::unbounded_channel();
         let peak = Arc::new(AtomicUsize::new(0));
         let handled = Arc::new(AtomicUsize::new(0));
+        let in_flight = Arc::new(AtomicUsize::new(0));
         let handler = HandlerImpl {
             behaviour,
             received: tx,
-            in_flight: Arc::new(AtomicUsize::new(0)),
+            in_flight: Arc::clone(&in_flight),
             peak: Arc::clone(&peak),
             handled: Arc::clone(&handled),
             attempts: Arc::default(),
@@ -189,6 +217,7 @@ impl Component {
             received,
             peak,
             handled,
+            in_flight,
             lattice: lattice.to_string(),
             nats,
             serving,
@@ -228,6 +257,11 @@ impl Component {
     /// `handle-message` calls answered so far.
     pub fn handled(&self) -> usize {
         self.handled.load(Ordering::SeqCst)
+    }
+
+    /// `handle-message` calls running now.
+    pub fn in_flight(&self) -> usize {
+        self.in_flight.load(Ordering::SeqCst)
     }
 
     /// Highest number of `handle-message` calls running at once.

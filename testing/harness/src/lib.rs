@@ -13,7 +13,7 @@ pub mod control;
 pub mod host;
 pub mod server;
 
-pub use component::{Behaviour, BrokerMessage, Caller, Component, Received};
+pub use component::{Behaviour, BrokerMessage, Caller, Component, Gate, Received};
 pub use host::{pairs, spawn_provider, Lattice, Link, Logs, Provider, ProviderOptions};
 pub use server::{
     echo_responder, round_trip, NatsServer, ServerExt, ServerOptions, LAME_DUCK_CONFIG,
