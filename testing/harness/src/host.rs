@@ -565,8 +565,25 @@ impl Drop for Provider {
     fn drop(&mut self) {
         let _ = self.child.kill();
         let _ = self.child.wait();
+        // A failing test shows what the provider said: its last lines are
+        // what a CI log needs to tell a slow start from a lost message.
+        if std::thread::panicking() {
+            let lines = self.logs.lines();
+            let from = lines.len().saturating_sub(PANIC_LOG_LINES);
+            eprintln!(
+                "--- provider {}: last {} lines of its output ---",
+                self.key,
+                lines.len() - from
+            );
+            for line in &lines[from..] {
+                eprintln!("{line}");
+            }
+        }
     }
 }
+
+/// How many of the provider's last lines a failing test prints.
+const PANIC_LOG_LINES: usize = 200;
 
 /// Which way a link points, seen from the component.
 #[derive(Clone, Copy, PartialEq, Eq)]
