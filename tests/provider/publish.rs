@@ -47,6 +47,9 @@ async fn publish_carries_the_invocation_trace_context() {
 async fn small_payload_setup() -> (ConsumerSetup, NatsServer) {
     let data = NatsServer::with_config("max_payload: 65536");
     let setup = ConsumerSetup::new(&[("cluster_uris", &data.url())]).await;
+    // The limit is the server's, known once the link's connection is up:
+    // before that the size is not checked (the README, "Security").
+    setup.wait_connected().await;
     (setup, data)
 }
 
