@@ -195,9 +195,7 @@ async fn a_link_outliving_its_client_subscribes_again_on_a_new_one() {
         .await;
     let still_down = provider.health().await.unwrap();
     data.restart();
-    provider
-        .wait_for_health("healthy", Duration::from_secs(30), |healthy, _| healthy)
-        .await;
+    provider.wait_healthy(Duration::from_secs(30)).await;
     let publisher = data.client().await;
     publisher.publish("in", "after".into()).await.unwrap();
     publisher.flush().await.unwrap();
@@ -502,9 +500,7 @@ async fn restart_mid_traffic(restart: Restart) {
     }
     let during_restart = next.load(Ordering::SeqCst) - before_restart;
     let unhealthy_seen = provider.logs.count(|l| l.contains("NATS connection lost")) > 0;
-    provider
-        .wait_for_health("healthy", WAIT, |healthy, _| healthy)
-        .await;
+    provider.wait_healthy(WAIT).await;
     let resumed_from = next.load(Ordering::SeqCst);
     // Traffic goes on until 20 publishes made after the recovery were
     // answered Ok (or the wait is over: the assertion below then fails).
@@ -628,9 +624,7 @@ async fn cluster_failover_keeps_publish_request_and_delivery_going() {
     round_trip(&client).await;
 
     nodes[connected].kill();
-    provider
-        .wait_for_health("healthy", WAIT, |healthy, _| healthy)
-        .await;
+    provider.wait_healthy(WAIT).await;
     // Interest moves with the reconnect; retry until the route carries it.
     let mut requests = 0;
     let mut answered = 0;

@@ -86,9 +86,7 @@ async fn health_is_unhealthy_while_a_link_connection_is_down() {
         .put_link(&Link::consumer("c", &[("cluster_uris", &data.url())]))
         .await;
     // A consumer link is taken before its connection is up.
-    provider
-        .wait_for_health("the connection up", WAIT, |healthy, _| healthy)
-        .await;
+    provider.wait_healthy(WAIT).await;
 
     data.stop();
     let (healthy, message) = provider

@@ -125,9 +125,7 @@ async fn a_missed_link_with_secrets_is_named_in_health_and_not_run() {
     let line = provider.put_link(&link).await;
     assert!(line.contains("link ready"), "{line}");
     // Ready is not yet connected: health clears once the connection is up.
-    let (_, health) = provider
-        .wait_for_health("the link running and connected", WAIT, |healthy, _| healthy)
-        .await;
+    let health = provider.wait_healthy(WAIT).await;
     assert!(!health.contains("missed"), "{health}");
 }
 

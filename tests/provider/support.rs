@@ -46,9 +46,7 @@ impl ConsumerSetup {
     /// answers after `connect_timeout_ms` at most, connected or not (a
     /// slow machine or emulator can take longer to connect).
     pub async fn wait_connected(&self) {
-        self.provider
-            .wait_for_health("the link's connection up", WAIT, |healthy, _| healthy)
-            .await;
+        self.provider.wait_healthy(WAIT).await;
     }
 
     /// Subscribes on the lattice's server, confirmed before it returns.

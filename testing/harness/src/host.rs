@@ -376,6 +376,14 @@ impl Provider {
         }
     }
 
+    /// Waits until health says healthy (every link running, its connection
+    /// up), and returns health's message.
+    pub async fn wait_healthy(&self, within: Duration) -> String {
+        self.wait_for_health("healthy", within, |healthy, _| healthy)
+            .await
+            .1
+    }
+
     /// Puts a link and waits until the provider has taken it (or refused it).
     pub async fn put_link(&self, link: &Link) -> String {
         let from = self.logs.line_count();
