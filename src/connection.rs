@@ -25,8 +25,10 @@ use tokio_util::sync::{CancellationToken, DropGuard};
 use tokio_util::task::TaskTracker;
 use tracing::{debug, error, info, warn};
 
-use crate::config::{self, Auth, ConnectionSettings, TlsSettings};
+use crate::config::{self, Auth, ConnectionSettings};
 use crate::sync::lock;
+
+mod tls;
 
 /// Name the provider's connections carry in the server's connection list.
 const CLIENT_NAME: &str = "wasmcloud-messaging-nats";
@@ -105,6 +107,12 @@ impl NatsConnection {
     /// gave up reconnecting is replaced.
     pub(crate) fn client(&self) -> async_nats::Client {
         self.current.borrow().clone()
+    }
+
+    /// A JetStream context on the current client, for the API of `domain`
+    /// (`$JS.<domain>.API`) or, without one, of the server's own JetStream.
+    pub(crate) fn jetstream(&self, domain: Option<&str>) -> async_nats::jetstream::Context {
+        async_nats::jetstream::with_prefix(self.client(), &jetstream_api(domain))
     }
 
     /// A receiver that changes at every (re)connection of the client.
@@ -392,7 +400,7 @@ async fn connect(
     };
     if settings.tls.required() {
         options = options
-            .tls_client_config(tls_config(&settings.tls)?)
+            .tls_client_config(tls::client_config(&settings.tls)?)
             .require_tls(true);
     }
     if let Some(prefix) = &settings.custom_inbox_prefix {
@@ -500,7 +508,7 @@ fn on_event(servers: &str, signals: &Signals, event: Event) -> bool {
 /// its own with the same TLS settings (bounded by the connect timeout).
 async fn explain_tls_failure(settings: ConnectionSettings) {
     let servers = settings.servers.to_string();
-    let Ok(config) = tls_config(&settings.tls) else {
+    let Ok(config) = tls::client_config(&settings.tls) else {
         return;
     };
     let connector = tokio_rustls::TlsConnector::from(Arc::new(config));
@@ -549,6 +557,15 @@ fn refused_subject(message: &str) -> Option<String> {
     (!subject.is_empty()).then(|| subject.to_string())
 }
 
+/// The subject prefix of the JetStream API of `domain` (`$JS.<domain>.API`),
+/// or of the server's own JetStream (`$JS.API`).
+pub(crate) fn jetstream_api(domain: Option<&str>) -> String {
+    match domain {
+        Some(domain) => format!("$JS.{domain}.API"),
+        None => "$JS.API".to_string(),
+    }
+}
+
 /// Signs the server's nonce with the seed of a `.creds` file, read now.
 fn sign_with_credentials_file(
     path: &Path,
@@ -566,50 +583,6 @@ fn sign_with_credentials_file(
     auth.jwt = Some(credentials.jwt);
     auth.signature = Some(signature);
     Ok(auth)
-}
-
-/// A TLS client configuration: trusts the configured CA (else the
-/// platform's roots as async-nats would) and presents the client
-/// certificate when one is set.
-fn tls_config(tls: &TlsSettings) -> anyhow::Result<async_nats::rustls::ClientConfig> {
-    use async_nats::rustls;
-    let mut roots = rustls::RootCertStore::empty();
-    match &tls.ca {
-        Some(pem) => {
-            for cert in rustls_pemfile::certs(&mut pem.as_bytes()) {
-                roots
-                    .add(cert.context("invalid PEM in the TLS CA")?)
-                    .context("invalid certificate in the TLS CA")?;
-            }
-        }
-        None => {
-            let native = rustls_native_certs::load_native_certs()
-                .context("cannot load the platform's CA certificates")?;
-            roots.add_parsable_certificates(native);
-        }
-    }
-    let provider = Arc::new(rustls::crypto::ring::default_provider());
-    let builder = rustls::ClientConfig::builder_with_provider(provider)
-        .with_safe_default_protocol_versions()
-        .context("TLS set-up failed")?
-        .with_root_certificates(roots);
-    Ok(match &tls.client {
-        Some((cert_pem, key_pem)) => {
-            let chain = rustls_pemfile::certs(&mut cert_pem.as_bytes())
-                .collect::<Result<Vec<_>, _>>()
-                .context("invalid PEM in the TLS client certificate")?;
-            // No context from the parser here: its message could quote key
-            // material.
-            let key = rustls_pemfile::private_key(&mut key_pem.as_bytes())
-                .ok()
-                .flatten()
-                .ok_or_else(|| anyhow!("tls_key holds no usable private key"))?;
-            builder
-                .with_client_auth_cert(chain, key)
-                .map_err(|_| anyhow!("the TLS client certificate does not match its key"))?
-        }
-        None => builder.with_no_client_auth(),
-    })
 }
 
 #[cfg(test)]

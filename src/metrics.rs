@@ -12,7 +12,7 @@
 use std::sync::OnceLock;
 use std::time::Duration;
 
-use opentelemetry::metrics::{Counter, Histogram, UpDownCounter};
+use opentelemetry::metrics::{Counter, Gauge, Histogram, UpDownCounter};
 use opentelemetry::KeyValue;
 
 /// The instruments, made on first use: after `main` has installed the
@@ -25,6 +25,8 @@ struct Instruments {
     dead_lettered: Counter<u64>,
     sent: Counter<u64>,
     operation_duration: Histogram<f64>,
+    pending: Gauge<u64>,
+    unacked: Gauge<u64>,
 }
 
 fn instruments() -> &'static Instruments {
@@ -67,6 +69,16 @@ fn instruments() -> &'static Instruments {
                 .with_description("Duration of publish and request calls")
                 .with_unit("s")
                 .build(),
+            pending: meter
+                .u64_gauge("wasmcloud.messaging.consumer.pending")
+                .with_description("Messages of a durable consumer not yet delivered")
+                .with_unit("{message}")
+                .build(),
+            unacked: meter
+                .u64_gauge("wasmcloud.messaging.consumer.unacked")
+                .with_description("Messages of a durable consumer delivered and not yet acked, by every instance sharing it")
+                .with_unit("{message}")
+                .build(),
         }
     })
 }
@@ -108,9 +120,29 @@ pub(crate) enum Operation {
     Request,
 }
 
+/// The attributes of one durable consumer of a link, built once.
+pub(crate) struct ConsumerMetrics {
+    attributes: Vec<KeyValue>,
+}
+
+impl ConsumerMetrics {
+    /// How far the consumer is behind.
+    pub(crate) fn lag(&self, pending: Option<u64>, unacked: Option<u64>) {
+        let instruments = instruments();
+        if let Some(pending) = pending {
+            instruments.pending.record(pending, &self.attributes);
+        }
+        if let Some(unacked) = unacked {
+            instruments.unacked.record(unacked, &self.attributes);
+        }
+    }
+}
+
 /// The attribute sets of one link, built once so that recording a
 /// measurement allocates nothing.
 pub(crate) struct LinkMetrics {
+    /// The link's own attributes, for its consumers' sets.
+    link: Vec<KeyValue>,
     process: Vec<KeyValue>,
     handler_error: Vec<KeyValue>,
     invoke_failed: Vec<KeyValue>,
@@ -149,6 +181,7 @@ impl LinkMetrics {
             operation("process", "handle-message", failure.map(Failure::name))
         };
         Self {
+            link: link.to_vec(),
             process: process(None),
             handler_error: process(Some(Failure::HandlerError)),
             invoke_failed: process(Some(Failure::InvokeFailed)),
@@ -161,6 +194,21 @@ impl LinkMetrics {
             publish_failed: operation("send", "publish", Some("publish_failed")),
             request_failed: operation("send", "request", Some("request_failed")),
         }
+    }
+
+    /// The attribute set of durable consumer `consumer` of `stream`, as
+    /// the messaging conventions name them.
+    pub(crate) fn consumer(&self, stream: &str, consumer: &str) -> ConsumerMetrics {
+        let mut attributes = self.link.clone();
+        attributes.push(KeyValue::new(
+            "messaging.destination.name",
+            stream.to_string(),
+        ));
+        attributes.push(KeyValue::new(
+            "messaging.consumer.group.name",
+            consumer.to_string(),
+        ));
+        ConsumerMetrics { attributes }
     }
 
     /// A delivery starts: counted as consumed and in flight.

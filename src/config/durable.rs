@@ -43,6 +43,8 @@ pub(crate) struct DurableSettings {
     /// redelivery after `ack_wait`).
     pub(crate) backoff: Vec<Duration>,
     pub(crate) dead_letter_subject: Option<String>,
+    /// The JetStream domain of the streams (`None`: the server's own).
+    pub(crate) jetstream_domain: Option<String>,
 }
 
 impl DurableSettings {
@@ -142,7 +144,10 @@ struct V1Consumer {
 }
 
 /// Parses the durable keys of a link (see the module doc).
-pub(super) fn parse(values: &Values<'_>) -> Result<DurableSettings, ConfigError> {
+pub(super) fn parse(
+    values: &Values<'_>,
+    jetstream_domain: Option<String>,
+) -> Result<DurableSettings, ConfigError> {
     let mut sources = Vec::new();
     match values.get(&STREAM) {
         Some(stream) => {
@@ -194,6 +199,7 @@ pub(super) fn parse(values: &Values<'_>) -> Result<DurableSettings, ConfigError>
         sources,
         backoff,
         dead_letter_subject,
+        jetstream_domain,
     };
     check_consistency(&settings)?;
     Ok(settings)

@@ -228,7 +228,7 @@ key_table! {
         kind: Kind::Plain,
         form: Form::Text { default: "" },
         table: Table::Links,
-        doc: "path of a PEM file with that CA (read when the link is put)",
+        doc: "path of a PEM file with that CA; checked when the link is put and read again at every connect, so a renewed file takes effect without re-linking",
     };
     TLS_CERT = Key {
         name: "tls_cert",
@@ -244,7 +244,7 @@ key_table! {
         kind: Kind::Plain,
         form: Form::Text { default: "" },
         table: Table::Links,
-        doc: "path of a PEM file with that certificate",
+        doc: "path of a PEM file with that certificate (read again at every connect, as `tls_ca_file`)",
     };
     TLS_KEY = Key {
         name: "tls_key",
@@ -260,7 +260,7 @@ key_table! {
         kind: Kind::Plain,
         form: Form::Text { default: "" },
         table: Table::Links,
-        doc: "path of a PEM file with that key",
+        doc: "path of a PEM file with that key (read again at every connect, as `tls_ca_file`)",
     };
     CUSTOM_INBOX_PREFIX = Key {
         name: "custom_inbox_prefix",
@@ -405,6 +405,14 @@ key_table! {
         form: Form::Text { default: "none" },
         table: Table::Links,
         doc: "comma-separated subject patterns whose publishes go through JetStream: `publish` returns `Ok` only once a stream has stored the message, with a `Nats-Msg-Id` the provider makes, so that one sent again after a lost acknowledgement (within `publish_timeout_ms`) is stored once; a `reply-to` is refused there (a stream keeps none). Other subjects stay core publishes",
+    };
+    JETSTREAM_DOMAIN = Key {
+        name: "jetstream_domain",
+        links: Links::Every,
+        kind: Kind::Plain,
+        form: Form::Text { default: "the JetStream of the server the link connects to" },
+        table: Table::Links,
+        doc: "the JetStream domain whose streams the link uses (durable delivery, and the stream look-up of `jetstream_publish`): its API is `$JS.<domain>.API`, so a provider connected to a leaf node consumes from and publishes into a stream of the hub's domain",
     };
     STREAM = Key {
         name: "stream",

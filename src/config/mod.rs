@@ -35,7 +35,7 @@ pub use self::durable::default_durable_name;
 pub(crate) use self::durable::{ConsumerSpec, DurableSettings, DurableSource, ManagedConsumer};
 pub(crate) use self::files::read_credentials;
 pub(crate) use self::servers::Servers;
-pub(crate) use self::tls::TlsSettings;
+pub(crate) use self::tls::{Pem, TlsSettings};
 
 use self::keys::{Kind, Links};
 use self::values::Values;
@@ -280,12 +280,36 @@ pub(crate) struct LinkSettings {
 
 impl LinkSettings {
     fn parse(values: &Values<'_>) -> Result<Self, ConfigError> {
+        let domain = parse_jetstream_domain(values)?;
         Ok(Self {
             connection: ConnectionSettings::parse(values)?,
-            handler: HandlerSettings::parse(values)?,
-            consumer: ConsumerSettings::parse(values)?,
+            handler: HandlerSettings::parse(values, domain.clone())?,
+            consumer: ConsumerSettings::parse(values, domain)?,
         })
     }
+}
+
+/// `jetstream_domain`: one subject token, as the server names a domain
+/// (`$JS.<domain>.API` is the subject of its API).
+fn parse_jetstream_domain(values: &Values<'_>) -> Result<Option<String>, ConfigError> {
+    let key = &keys::JETSTREAM_DOMAIN;
+    let Some(domain) = values.get(key) else {
+        return Ok(None);
+    };
+    let domain = domain.trim();
+    if let Some(c) = domain
+        .chars()
+        .find(|c| c.is_whitespace() || c.is_control() || matches!(c, '.' | '*' | '>'))
+    {
+        return Err(ConfigError::new(
+            key.name,
+            domain,
+            format!("a domain is one subject token without wildcards and may not contain {c:?}"),
+        ));
+    }
+    subject::check_publish_subject(domain)
+        .map_err(|reason| ConfigError::new(key.name, domain, reason))?;
+    Ok(Some(domain.to_string()))
 }
 
 /// How to reach and authenticate to NATS. Links whose settings are equal
@@ -366,7 +390,7 @@ pub(crate) struct HandlerSettings {
 }
 
 impl HandlerSettings {
-    fn parse(values: &Values<'_>) -> Result<Self, ConfigError> {
+    fn parse(values: &Values<'_>, domain: Option<String>) -> Result<Self, ConfigError> {
         // At most 4,096 (the key's bound): it fits.
         let max_in_flight =
             usize::try_from(values.count_or_default(&keys::MAX_IN_FLIGHT)?).unwrap_or(usize::MAX);
@@ -379,7 +403,7 @@ impl HandlerSettings {
             max_in_flight,
             handler_timeout: values.duration_or_default(&keys::HANDLER_TIMEOUT_MS)?,
             drain_timeout: values.duration_or_default(&keys::DRAIN_TIMEOUT_MS)?,
-            durable: durable::parse(values)?,
+            durable: durable::parse(values, domain)?,
         })
     }
 }
@@ -393,10 +417,12 @@ pub(crate) struct ConsumerSettings {
     pub(crate) access: SubjectAccess,
     /// Subjects published through JetStream, confirmed by a stream.
     pub(crate) jetstream: Vec<SubjectPattern>,
+    /// The JetStream domain those streams are in (`None`: the server's own).
+    pub(crate) jetstream_domain: Option<String>,
 }
 
 impl ConsumerSettings {
-    fn parse(values: &Values<'_>) -> Result<Self, ConfigError> {
+    fn parse(values: &Values<'_>, jetstream_domain: Option<String>) -> Result<Self, ConfigError> {
         let settings = Self {
             publish_timeout: values.duration_or_default(&keys::PUBLISH_TIMEOUT_MS)?,
             default_request_timeout: values.duration_or_default(&keys::REQUEST_TIMEOUT_MS)?,
@@ -417,6 +443,7 @@ impl ConsumerSettings {
                 .map(|value| parse_patterns(&keys::JETSTREAM_PUBLISH, value))
                 .transpose()?
                 .unwrap_or_default(),
+            jetstream_domain,
         };
         if settings.default_request_timeout > settings.max_request_timeout {
             return Err(ConfigError::new(

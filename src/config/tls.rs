@@ -1,8 +1,10 @@
 //! TLS to the server: the CA to trust and the client certificate, from PEM
-//! text or files, checked when the link is put.
+//! text or files, checked when the link is put. Files are kept by path and
+//! read again at every connect (see [`Pem`]).
 
+use std::borrow::Cow;
 use std::fmt;
-use std::path::Path;
+use std::path::{Path, PathBuf};
 
 use super::files::read_bounded;
 use super::keys::{Key, TLS_CA, TLS_CA_FILE, TLS_CERT, TLS_CERT_FILE, TLS_KEY, TLS_KEY_FILE};
@@ -12,10 +14,50 @@ use super::ConfigError;
 /// TLS to the server. `Debug` says what is set, never the key.
 #[derive(Clone, Default, PartialEq, Eq, Hash)]
 pub(crate) struct TlsSettings {
-    /// PEM text of the CA, from `tls_ca` or read from `tls_ca_file`.
-    pub(crate) ca: Option<String>,
-    /// Client certificate chain and private key, both PEM text.
-    pub(crate) client: Option<(String, String)>,
+    /// The CA, from `tls_ca` or `tls_ca_file`.
+    pub(crate) ca: Option<Pem>,
+    /// Client certificate chain and private key.
+    pub(crate) client: Option<(Pem, Pem)>,
+}
+
+/// PEM given as a key's value, or the file a key names. A file is read
+/// again each time it is needed (at every TLS handshake, so at every
+/// connect), as `credentials_file` is: a certificate that cert-manager or a
+/// secrets agent renews on disk is used from the next reconnect on, without
+/// a new link put. Links naming the same file share a connection.
+#[derive(Clone, PartialEq, Eq, Hash)]
+pub(crate) enum Pem {
+    Text { key: &'static str, pem: String },
+    File { key: &'static str, path: PathBuf },
+}
+
+impl Pem {
+    /// The PEM text: the value, or the file read now. The error names the
+    /// key and the file, never the content.
+    pub(crate) fn read(&self) -> Result<Cow<'_, str>, String> {
+        match self {
+            Self::Text { pem, .. } => Ok(Cow::Borrowed(pem)),
+            Self::File { key, path } => read_bounded(path)
+                .map(Cow::Owned)
+                .map_err(|reason| format!("{key} {}: {reason}", path.display())),
+        }
+    }
+
+    /// Where it comes from, for errors: the key, and the file's path.
+    pub(crate) fn origin(&self) -> String {
+        match self {
+            Self::Text { key, .. } => (*key).to_string(),
+            Self::File { key, path } => format!("{key} {}", path.display()),
+        }
+    }
+}
+
+/// Names the key and the file; PEM text (a private key among it) is never
+/// shown.
+impl fmt::Debug for Pem {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str(&self.origin())
+    }
 }
 
 impl TlsSettings {
@@ -26,31 +68,23 @@ impl TlsSettings {
 
     pub(crate) fn parse(values: &Values<'_>) -> Result<Self, ConfigError> {
         let ca = match pem_from(values, &TLS_CA, &TLS_CA_FILE)? {
-            Some((key, pem)) => {
+            Some((key, source, pem)) => {
                 check_certificates(key, &pem)?;
-                Some(pem)
+                Some(source)
             }
             None => None,
         };
         let cert = pem_from(values, &TLS_CERT, &TLS_CERT_FILE)?;
         let key = pem_from(values, &TLS_KEY, &TLS_KEY_FILE)?;
         let client = match (cert, key) {
-            (Some((cert_key, cert)), Some((key_key, key))) => {
-                check_certificates(cert_key, &cert)?;
-                // The parser's error could quote key material: not passed on.
-                if !matches!(
-                    rustls_pemfile::private_key(&mut key.as_bytes()),
-                    Ok(Some(_))
-                ) {
-                    return Err(ConfigError::about(
-                        key_key.name,
-                        "holds no PEM private key (expected -----BEGIN PRIVATE KEY----- or an \
-                         RSA or EC key)",
-                    ));
+            (Some((cert_key, cert, cert_pem)), Some((key_key, key, key_pem))) => {
+                check_certificates(cert_key, &cert_pem)?;
+                if !holds_private_key(&key_pem) {
+                    return Err(ConfigError::about(key_key.name, NO_PRIVATE_KEY));
                 }
                 Some((cert, key))
             }
-            (Some((cert_key, _)), None) => {
+            (Some((cert_key, ..)), None) => {
                 return Err(ConfigError::about(
                     cert_key.name,
                     format!(
@@ -59,7 +93,7 @@ impl TlsSettings {
                     ),
                 ))
             }
-            (None, Some((key_key, _))) => {
+            (None, Some((key_key, ..))) => {
                 return Err(ConfigError::about(
                     key_key.name,
                     format!(
@@ -83,12 +117,26 @@ impl fmt::Debug for TlsSettings {
     }
 }
 
-/// PEM text from a key holding it or a key naming a file; not both.
+/// What a private key's value must hold.
+pub(crate) const NO_PRIVATE_KEY: &str =
+    "holds no PEM private key (expected -----BEGIN PRIVATE KEY----- or an RSA or EC key)";
+
+/// True if `pem` holds a private key. The parser's error could quote key
+/// material: it is never passed on.
+pub(crate) fn holds_private_key(pem: &str) -> bool {
+    matches!(
+        rustls_pemfile::private_key(&mut pem.as_bytes()),
+        Ok(Some(_))
+    )
+}
+
+/// PEM from a key holding it or a key naming a file (not both): the key,
+/// where the PEM comes from, and its text now (read to check it).
 fn pem_from(
     values: &Values<'_>,
     text_key: &'static Key,
     file_key: &'static Key,
-) -> Result<Option<(&'static Key, String)>, ConfigError> {
+) -> Result<Option<(&'static Key, Pem, String)>, ConfigError> {
     match (values.get(text_key), values.get(file_key)) {
         (Some(_), Some(_)) => Err(ConfigError::about(
             file_key.name,
@@ -97,9 +145,22 @@ fn pem_from(
                 text_key.name, file_key.name
             ),
         )),
-        (Some(text), None) => Ok(Some((text_key, text.to_string()))),
+        (Some(text), None) => Ok(Some((
+            text_key,
+            Pem::Text {
+                key: text_key.name,
+                pem: text.to_string(),
+            },
+            text.to_string(),
+        ))),
         (None, Some(path)) => read_bounded(Path::new(path))
-            .map(|pem| Some((file_key, pem)))
+            .map(|pem| {
+                let source = Pem::File {
+                    key: file_key.name,
+                    path: PathBuf::from(path),
+                };
+                Some((file_key, source, pem))
+            })
             .map_err(|reason| ConfigError::new(file_key.name, path, reason)),
         (None, None) => Ok(None),
     }

@@ -57,6 +57,7 @@ pub(super) async fn publish(
     body: Bytes,
     headers: HeaderMap,
     timeout: Duration,
+    domain: Option<&str>,
 ) -> Result<(), ConsumerError> {
     let deadline = Instant::now() + timeout;
     let mut attempts = Attempts::NotSent;
@@ -66,7 +67,7 @@ pub(super) async fn publish(
         if remaining.is_zero() {
             break;
         }
-        let mut context = async_nats::jetstream::new(connection.client());
+        let mut context = connection.jetstream(domain);
         context.set_timeout(ACK_WAIT.min(remaining));
         let sent = tokio::time::timeout(
             remaining,
@@ -135,6 +136,7 @@ pub(super) async fn publish(
         Attempts::NoStreamAnswered => ConsumerError::JetStreamUnavailable {
             subject,
             waited: timeout,
+            domain: domain.map(str::to_string),
         },
     })
 }

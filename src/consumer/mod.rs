@@ -86,6 +86,8 @@ pub(crate) enum ConsumerError {
     JetStreamUnavailable {
         subject: String,
         waited: Duration,
+        /// The link's `jetstream_domain`, if it names one.
+        domain: Option<String>,
     },
     /// A reply subject on a JetStream publish, which no stream keeps.
     ReplyToThroughJetStream {
@@ -161,9 +163,23 @@ impl fmt::Display for ConsumerError {
                  still have been stored (a publish of your own is a new message, stored again)",
                 waited.as_millis()
             ),
-            Self::JetStreamUnavailable { subject, waited } => write!(
+            Self::JetStreamUnavailable {
+                subject,
+                waited,
+                domain: None,
+            } => write!(
                 f,
                 "publish to {subject:?} not stored: JetStream did not answer within {} ms",
+                waited.as_millis()
+            ),
+            Self::JetStreamUnavailable {
+                subject,
+                waited,
+                domain: Some(domain),
+            } => write!(
+                f,
+                "publish to {subject:?} not stored: JetStream domain {domain:?} did not answer \
+                 within {} ms",
                 waited.as_millis()
             ),
             Self::ReplyToThroughJetStream { subject } => write!(
@@ -254,7 +270,9 @@ impl ConsumerLink {
             self.check_size(&body, Some(&headers))?;
             trace!(subject, bytes = body.len(), "publishing through JetStream");
             let timeout = self.settings.publish_timeout;
-            return confirmed::publish(&self.connection, subject, body, headers, timeout).await;
+            let domain = self.settings.jetstream_domain.as_deref();
+            return confirmed::publish(&self.connection, subject, body, headers, timeout, domain)
+                .await;
         }
         self.check_size(&body, headers.as_ref())?;
         trace!(subject, bytes = body.len(), "publishing");
@@ -464,6 +482,12 @@ mod tests {
             ConsumerError::JetStreamUnavailable {
                 subject: subject(),
                 waited,
+                domain: None,
+            },
+            ConsumerError::JetStreamUnavailable {
+                subject: subject(),
+                waited,
+                domain: Some("hub".into()),
             },
             ConsumerError::ReplyToThroughJetStream { subject: subject() },
         ]

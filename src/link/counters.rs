@@ -7,7 +7,7 @@ use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::Instant;
 
-use crate::metrics::{Dropped, Failure, LinkMetrics};
+use crate::metrics::{ConsumerMetrics, Dropped, Failure, LinkMetrics};
 use crate::sync::lock;
 
 /// The counters of one handler link.
@@ -30,7 +30,52 @@ pub(crate) struct LinkCounters {
     in_flight: AtomicU64,
     /// Why a source cannot deliver now, by source label.
     problems: Mutex<BTreeMap<String, String>>,
+    /// How far each durable consumer is behind, by source label.
+    lags: Mutex<BTreeMap<String, Lag>>,
     metrics: LinkMetrics,
+}
+
+/// How far a durable consumer is behind, as last seen; `None` until known.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub(crate) struct Lag {
+    /// Messages not yet delivered.
+    pub(crate) pending: Option<u64>,
+    /// Messages delivered and not yet acked (by every instance sharing the
+    /// consumer).
+    pub(crate) unacked: Option<u64>,
+}
+
+impl std::fmt::Display for Lag {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        let shown = |n: Option<u64>| n.map_or_else(|| "?".to_string(), |n| n.to_string());
+        write!(
+            f,
+            "{} pending, {} unacked",
+            shown(self.pending),
+            shown(self.unacked)
+        )
+    }
+}
+
+/// Where one durable consumer records its lag: in its link's counters
+/// (health, the stop line, which outlive the consumer's reader) and its
+/// gauges.
+pub(crate) struct LagRecorder {
+    counters: Arc<LinkCounters>,
+    label: String,
+    metrics: ConsumerMetrics,
+}
+
+impl LagRecorder {
+    /// Records what is known now; `None` leaves a figure as it was.
+    pub(crate) fn record(&self, pending: Option<u64>, unacked: Option<u64>) {
+        let mut lags = lock(&self.counters.lags);
+        let lag = lags.entry(self.label.clone()).or_default();
+        lag.pending = pending.or(lag.pending);
+        lag.unacked = unacked.or(lag.unacked);
+        drop(lags);
+        self.metrics.lag(pending, unacked);
+    }
 }
 
 /// Why a message was dropped before it was delivered.
@@ -91,6 +136,7 @@ impl LinkCounters {
             terminated: AtomicU64::new(0),
             in_flight: AtomicU64::new(0),
             problems: Mutex::default(),
+            lags: Mutex::default(),
             metrics: LinkMetrics::new(component_id, link_name),
         }
     }
@@ -137,10 +183,11 @@ impl LinkCounters {
         self.metrics.dead_lettered();
     }
 
-    /// The figures of the link, for its stop log.
+    /// The figures of the link, for its stop log: its counts, then each
+    /// durable consumer's lag.
     pub(crate) fn summary(&self) -> String {
         let n = |counter: &AtomicU64| counter.load(Ordering::Relaxed);
-        format!(
+        let mut summary = format!(
             "delivered {}, handler errors {}, failed invocations {}, timeouts {}, dropped {}, \
              aborted {}, dead-lettered {}, terminated {}",
             n(&self.delivered),
@@ -151,7 +198,36 @@ impl LinkCounters {
             n(&self.aborted),
             n(&self.dead_lettered),
             n(&self.terminated),
-        )
+        );
+        for line in self.lags() {
+            summary.push_str("; ");
+            summary.push_str(&line);
+        }
+        summary
+    }
+
+    /// A recorder of the lag of durable consumer `consumer` of `stream`,
+    /// known as `label` in health and the stop line.
+    pub(crate) fn lag_recorder(
+        self: &Arc<Self>,
+        label: &str,
+        stream: &str,
+        consumer: &str,
+    ) -> LagRecorder {
+        LagRecorder {
+            counters: Arc::clone(self),
+            label: label.to_string(),
+            metrics: self.metrics.consumer(stream, consumer),
+        }
+    }
+
+    /// Each durable consumer's lag, as `durable consumer <label>: <lag>`,
+    /// for health and the stop line.
+    pub(crate) fn lags(&self) -> Vec<String> {
+        lock(&self.lags)
+            .iter()
+            .map(|(label, lag)| format!("durable consumer {label}: {lag}"))
+            .collect()
     }
 
     /// What keeps sources from delivering now, for health.

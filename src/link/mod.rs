@@ -178,6 +178,11 @@ impl HandlerLink {
         problems
     }
 
+    /// How far each of its durable consumers is behind, for health.
+    pub(crate) fn lags(&self) -> Vec<String> {
+        self.counters.lags()
+    }
+
     /// Drains the link: every source stops taking messages, and the
     /// dispatcher finishes what it has; once the link's `drain_timeout_ms`
     /// is up, what still runs is aborted (and JetStream messages nak'd).

@@ -37,9 +37,11 @@ pub(crate) struct Pull {
 impl Pull {
     /// Asks `consumer` for up to `count` messages and `max_bytes` bytes (no
     /// bound when `None`), the server holding the request up to `expires`.
-    /// `context` is the one messages are acked through.
+    /// `api` is the JetStream API's subject prefix (`$JS.API`, or a
+    /// domain's); `context` is the one messages are acked through.
     pub(crate) async fn start(
         client: &Client,
+        api: &str,
         context: &jetstream::Context,
         consumer: &PullConsumer,
         count: usize,
@@ -47,10 +49,7 @@ impl Pull {
         expires: Duration,
     ) -> Result<Self, async_nats::Error> {
         let info = consumer.cached_info();
-        let subject = format!(
-            "$JS.API.CONSUMER.MSG.NEXT.{}.{}",
-            info.stream_name, info.name
-        );
+        let subject = format!("{api}.CONSUMER.MSG.NEXT.{}.{}", info.stream_name, info.name);
         let request = serde_json::to_vec(&BatchConfig {
             batch: count,
             expires: Some(expires),

@@ -518,6 +518,7 @@ impl Provider for MessagingProvider {
             write(&this.state.rejected).remove(&(LinkRole::Handler, key.clone()));
             let removed = write(&this.state.handlers).remove(&key);
             drop(changes);
+            this.state.deletes.carried_out();
             if let Some(running) = removed {
                 info!(link = %key, "handler link deleted");
                 running.link.stop().await;
@@ -533,6 +534,7 @@ impl Provider for MessagingProvider {
         if write(&self.state.consumers).remove(&key).is_some() {
             info!(link = %key, "consumer link deleted");
         }
+        self.state.deletes.carried_out();
         Ok(())
     }
 
@@ -562,15 +564,26 @@ impl Provider for MessagingProvider {
             handlers.len(),
             consumers.len()
         );
+        // Lag is not a problem: it follows, healthy or not.
+        let lags: String = handlers
+            .iter()
+            .flat_map(|(key, running)| {
+                running
+                    .link
+                    .lags()
+                    .into_iter()
+                    .map(move |lag| format!("; handler link {key}: {lag}"))
+            })
+            .collect();
         Ok(if problems.is_empty() {
             HealthCheckResponse {
                 healthy: true,
-                message: Some(format!("{counts}; all NATS connections up")),
+                message: Some(format!("{counts}; all NATS connections up{lags}")),
             }
         } else {
             HealthCheckResponse {
                 healthy: false,
-                message: Some(format!("{counts}; {}", problems.join("; "))),
+                message: Some(format!("{counts}; {}{lags}", problems.join("; "))),
             }
         })
     }

@@ -38,22 +38,39 @@ const RECONNECT_POLL: Duration = Duration::from_secs(2);
 /// lattice was asked is not brought back by that pass.
 const DELETE_MEMORY: Duration = CTL_TIMEOUT.saturating_mul(20);
 
+/// How long after a delete the lattice's links are looked at again: long
+/// enough for the host to have recorded the put that the delete overtook
+/// (a host records a put only after it publishes it), short enough that
+/// the link is back before a component notices much; [`SECOND_LOOK`]
+/// later they are looked at once more.
+const AFTER_DELETE: Duration = Duration::from_millis(250);
+
 /// Links the host deleted lately, with when.
 #[derive(Default)]
-pub(super) struct RecentDeletes(Mutex<Vec<(Instant, LinkRole, LinkKey)>>);
+pub(super) struct RecentDeletes {
+    deletes: Mutex<Vec<(Instant, LinkRole, LinkKey)>>,
+    /// Told once a delete has been carried out.
+    done: tokio::sync::Notify,
+}
 
 impl RecentDeletes {
     /// Notes that the host deleted the link of `role` under `key` now.
     pub(super) fn record(&self, role: LinkRole, key: &LinkKey) {
         let now = Instant::now();
-        let mut deletes = lock(&self.0);
+        let mut deletes = lock(&self.deletes);
         deletes.retain(|(at, ..)| now.duration_since(*at) < DELETE_MEMORY);
         deletes.push((now, role, key.clone()));
     }
 
+    /// A delete has been carried out: the lattice's links are looked at
+    /// again (see [`MessagingProvider::watch_lattice_links`]).
+    pub(super) fn carried_out(&self) {
+        self.done.notify_one();
+    }
+
     /// True if the link was deleted at or after `since`.
     pub(super) fn deleted_since(&self, role: LinkRole, key: &LinkKey, since: Instant) -> bool {
-        lock(&self.0)
+        lock(&self.deletes)
             .iter()
             .any(|(at, k, deleted)| *at >= since && *k == role && deleted == key)
     }
@@ -63,7 +80,15 @@ impl MessagingProvider {
     /// Asks the lattice for the provider's links now (the SDK's link
     /// subscriptions were sent before, on the same connection, so the server
     /// has them once it routes this request), again [`SECOND_LOOK`] later,
-    /// and after every reconnect of the lattice connection, until shutdown.
+    /// after every reconnect of the lattice connection, and [`AFTER_DELETE`]
+    /// (then [`SECOND_LOOK`]) after a link delete, until shutdown.
+    ///
+    /// After a delete because the SDK receives puts and deletes on two
+    /// subscriptions and hands them over through a `select!` that takes
+    /// either first when both wait: a delete the host sent before a put of
+    /// the same link (wadm replacing a link whose config names changed)
+    /// can reach the provider after that put, and the link would be gone
+    /// while the host holds it. The host's links say what stands.
     pub fn watch_lattice_links(&self) {
         let this = self.clone();
         self.state.tasks.spawn(async move {
@@ -83,12 +108,22 @@ impl MessagingProvider {
         self.reconcile_reporting(&mut last_problem).await;
         let mut poll = tokio::time::interval(RECONNECT_POLL);
         loop {
-            poll.tick().await;
-            let now = stats.connects.load(Ordering::Relaxed);
-            if now != connects {
-                connects = now;
-                debug!("lattice connection re-established; asking for its links again");
-                self.reconcile_reporting(&mut last_problem).await;
+            tokio::select! {
+                _ = poll.tick() => {
+                    let now = stats.connects.load(Ordering::Relaxed);
+                    if now != connects {
+                        connects = now;
+                        debug!("lattice connection re-established; asking for its links again");
+                        self.reconcile_reporting(&mut last_problem).await;
+                    }
+                }
+                () = self.state.deletes.done.notified() => {
+                    debug!("a link was deleted; asking the lattice which links stand");
+                    for wait in [AFTER_DELETE, SECOND_LOOK] {
+                        tokio::time::sleep(wait).await;
+                        self.reconcile_reporting(&mut last_problem).await;
+                    }
+                }
             }
         }
     }

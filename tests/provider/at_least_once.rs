@@ -16,21 +16,24 @@ use crate::support::{
 
 /// What the publishers saw.
 #[derive(Default)]
-struct Published {
-    ok: HashSet<usize>,
-    errors: BTreeMap<String, usize>,
+pub(crate) struct Published {
+    pub(crate) ok: HashSet<usize>,
+    /// Each error text (its subject left out), with how often it came.
+    pub(crate) errors: BTreeMap<String, usize>,
 }
 
-/// Publishes bodies `0..n` to `orders.<i>` through `caller`, `concurrency`
-/// at a time, calling `at(i)` before publish `i` (to inject faults).
-async fn publish_all(
+/// Publishes bodies `bodies` (`i` to `orders.<i>`) through `caller`,
+/// `concurrency` at a time, calling `at(i)` before publish `i` (to inject
+/// faults).
+pub(crate) async fn publish_all(
     caller: Arc<Caller>,
-    n: usize,
+    bodies: std::ops::Range<usize>,
     concurrency: usize,
     at: impl Fn(usize) + Send + Sync + 'static,
 ) -> Published {
     let published = Arc::new(Mutex::new(Published::default()));
-    let next = Arc::new(std::sync::atomic::AtomicUsize::new(0));
+    let next = Arc::new(std::sync::atomic::AtomicUsize::new(bodies.start));
+    let end = bodies.end;
     let at = Arc::new(at);
     let workers: Vec<_> = (0..concurrency)
         .map(|_| {
@@ -43,7 +46,7 @@ async fn publish_all(
             tokio::spawn(async move {
                 loop {
                     let i = next.fetch_add(1, std::sync::atomic::Ordering::SeqCst);
-                    if i >= n {
+                    if i >= end {
                         return;
                     }
                     at(i);
@@ -72,13 +75,20 @@ async fn publish_all(
         .unwrap()
 }
 
-/// An error's kind: its text up to the first quoted subject.
+/// An error's kind: its text with the subject (the first quoted part,
+/// `"orders.<i>"`) left out.
 fn kind_of(error: &str) -> String {
-    error.split('"').next().unwrap_or(error).trim().to_string()
+    match error.split_once('"') {
+        Some((before, rest)) => {
+            let after = rest.split_once('"').map_or("", |(_, after)| after);
+            format!("{before}<subject>{after}")
+        }
+        None => error.to_string(),
+    }
 }
 
 /// Every body the stream stores, with how many times it is stored.
-async fn stored(js: &jetstream::Context, name: &str) -> HashMap<usize, usize> {
+pub(crate) async fn stored(js: &jetstream::Context, name: &str) -> HashMap<usize, usize> {
     let mut counts = HashMap::new();
     for msg in stream_messages(js, name).await {
         let body: usize = std::str::from_utf8(&msg.payload).unwrap().parse().unwrap();
@@ -123,7 +133,7 @@ async fn confirmed_publishes_answered_ok_survive_a_sigkill_of_the_server() {
     // A third of the way through, the server dies and is down for half a
     // second while publishes go on.
     let killer = Arc::clone(&data);
-    let published = publish_all(caller, N, 16, move |i| {
+    let published = publish_all(caller, 0..N, 16, move |i| {
         if i == N / 3 {
             let killer = Arc::clone(&killer);
             std::thread::spawn(move || {
@@ -269,7 +279,7 @@ async fn a_jetstream_cluster_loses_nothing_answered_ok_when_the_leader_and_a_pro
             }
         }
     };
-    let publishing = tokio::spawn(publish_all(caller, N, 16, faults));
+    let publishing = tokio::spawn(publish_all(caller, 0..N, 16, faults));
     // The second provider dies (SIGKILL) while deliveries run, and a new
     // one takes its place.
     let mut handled: HashMap<usize, usize> = HashMap::new();

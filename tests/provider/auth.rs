@@ -2,9 +2,12 @@
 //! token, nkey, JWT + seed and `.creds` files against a server in operator
 //! mode, and TLS with a CA and client certificates made by the test.
 
+use std::path::Path;
 use std::time::{Duration, Instant};
 
-use crate::support::credentials::{authenticated_connections, Operator, ServerConnection, TestPki};
+use crate::support::credentials::{
+    authenticated_connections, CertFiles, Operator, ServerConnection, TestPki,
+};
 use crate::support::{
     message, next_message, round_trip, Behaviour, Lattice, Link, NatsServer, ServerExt as _, WAIT,
 };
@@ -475,6 +478,102 @@ async fn client_certificate_files_authenticate_when_the_server_requires_one() {
     let subscriber = pki.client(&data).await;
 
     assert_publishes_through(&lattice, link, subscriber).await;
+}
+
+/// Writes `files` (a certificate and its key) where a link's
+/// `tls_cert_file` and `tls_key_file` point.
+fn install_certificate(files: &CertFiles, cert: &Path, key: &Path) {
+    std::fs::write(cert, &files.cert_pem).expect("write certificate");
+    std::fs::write(key, &files.key_pem).expect("write key");
+}
+
+#[tokio::test]
+async fn rotated_client_certificate_files_are_used_at_the_next_reconnect() {
+    let lattice = Lattice::start().await;
+    let pki = TestPki::new("rotation");
+    let (a, b) = (
+        pki.issue_client("a", "client-a.test"),
+        pki.issue_client("b", "client-b.test"),
+    );
+    // The server takes a client certificate's DNS name as the user.
+    let mut data = NatsServer::with_config(&format!(
+        "{}authorization {{ users = [ {{ user: \"client-a.test\" }}, {{ user: \"client-b.test\" }}, \
+         {{ user: \"client.test\" }} ] }}\n",
+        pki.server_config(true)
+            .replace("verify: true", "verify_and_map: true")
+    ));
+    let dir = tempfile::tempdir().unwrap();
+    let (cert, key) = (dir.path().join("tls.pem"), dir.path().join("tls-key.pem"));
+    install_certificate(&a, &cert, &key);
+    let provider = lattice.provider(&[]).await;
+    let component = lattice.component("c", Behaviour::default()).await;
+    let link = Link::consumer(
+        "c",
+        &[
+            ("cluster_uris", &tls_url(&data)),
+            ("tls_ca_file", pki.ca_file.to_str().unwrap()),
+            ("tls_cert_file", cert.to_str().unwrap()),
+            ("tls_key_file", key.to_str().unwrap()),
+        ],
+    );
+    let line = provider.put_link(&link).await;
+    assert!(line.contains("link ready"), "{line}");
+    let before = provider_connection(&data).await;
+
+    install_certificate(&b, &cert, &key);
+    data.restart();
+    let after = provider_connection(&data).await;
+    let subscriber = pki.client(&data).await;
+    let mut sub = subscribe_confirmed(&subscriber, "secured").await;
+    let caller = component.caller(&provider.key).await;
+    let published = caller.publish(&message("secured", b"after")).await.unwrap();
+
+    assert_eq!(before.authorized_user, "client-a.test");
+    assert_eq!(
+        after.authorized_user, "client-b.test",
+        "the rotated files were not used"
+    );
+    assert_eq!(published, Ok(()));
+    assert_eq!(&next_message(&mut sub).await.unwrap().payload[..], b"after");
+    assert_no_secret_logged(&provider.logs.lines(), &[&a.key_pem, &b.key_pem]);
+}
+
+#[tokio::test]
+async fn a_rotated_ca_file_is_trusted_at_the_next_reconnect() {
+    let lattice = Lattice::start().await;
+    let (old, new) = (TestPki::new("old"), TestPki::new("new"));
+    let mut data = NatsServer::with_config(&old.server_config(false));
+    let dir = tempfile::tempdir().unwrap();
+    let ca = dir.path().join("ca.pem");
+    std::fs::write(&ca, &old.ca_pem).unwrap();
+    let provider = lattice.provider(&[]).await;
+    let component = lattice.component("c", Behaviour::default()).await;
+    let link = Link::consumer(
+        "c",
+        &[
+            ("cluster_uris", &tls_url(&data)),
+            ("tls_ca_file", ca.to_str().unwrap()),
+        ],
+    );
+    let line = provider.put_link(&link).await;
+    assert!(line.contains("link ready"), "{line}");
+    provider.wait_healthy(WAIT).await;
+
+    // The server restarts with a certificate of a new CA, which the
+    // link's CA file now holds too.
+    std::fs::write(&old.server.cert_file, &new.server.cert_pem).unwrap();
+    std::fs::write(&old.server.key_file, &new.server.key_pem).unwrap();
+    std::fs::write(&ca, &new.ca_pem).unwrap();
+    data.restart();
+    let healthy = provider.wait_healthy(WAIT).await;
+    let subscriber = new.client(&data).await;
+    let mut sub = subscribe_confirmed(&subscriber, "secured").await;
+    let caller = component.caller(&provider.key).await;
+    let published = caller.publish(&message("secured", b"after")).await.unwrap();
+
+    assert!(healthy.contains("all NATS connections up"), "{healthy}");
+    assert_eq!(published, Ok(()));
+    assert_eq!(&next_message(&mut sub).await.unwrap().payload[..], b"after");
 }
 
 #[tokio::test]

@@ -9,7 +9,7 @@ use futures::StreamExt as _;
 use nats_test_server::Proxy;
 
 use crate::support::{
-    consumer_info, create_stream, jetstream_lattice, Behaviour, Lattice, Link, NatsServer,
+    consumer_info, create_stream, jetstream_lattice, Behaviour, Gate, Lattice, Link, NatsServer,
     ProviderOptions, ServerExt as _, ServerOptions, WAIT,
 };
 
@@ -798,4 +798,74 @@ async fn several_filter_subjects_deliver_only_theirs_or_are_named_in_health_befo
     component.expect_nothing(Duration::from_millis(500)).await;
     let (healthy, message) = provider.health().await.expect("health");
     assert!(healthy, "{message}");
+}
+
+/// The lag health gives for durable consumer `label` (`stream/consumer`):
+/// its pending and unacked counts, `None` for one not known yet.
+fn lag_in(health: &str, label: &str) -> Option<(Option<u64>, Option<u64>)> {
+    let marker = format!("durable consumer {label}: ");
+    let rest = &health[health.find(&marker)? + marker.len()..];
+    let mut words = rest.split([' ', ',', ';']).filter(|w| !w.is_empty());
+    let pending = words.next()?.parse().ok();
+    (words.next()? == "pending").then_some(())?;
+    let unacked = words.next()?.parse().ok();
+    Some((pending, unacked))
+}
+
+#[tokio::test]
+async fn a_backlog_reads_as_pending_in_health_and_zero_once_drained() {
+    const N: u64 = 200;
+    let lattice = jetstream_lattice().await;
+    let js = js(&lattice);
+    create_stream(&js, "ORDERS", &["orders.>"]).await;
+    publish_stored(&js, "orders.new", 0..N as usize).await;
+    let gate = Gate::closed();
+    let provider = lattice.provider(&[]).await;
+    let mut component = lattice
+        .component(
+            "worker",
+            Behaviour {
+                gate: Some(gate.clone()),
+                ..Behaviour::default()
+            },
+        )
+        .await;
+    let link = Link::handler(
+        "worker",
+        &[
+            ("stream", "ORDERS"),
+            ("durable_name", "workers"),
+            ("max_in_flight", "1"),
+        ],
+    );
+    provider.put_link(&link).await;
+
+    // One message is held in its call; the rest wait on the server.
+    let (_, backlog) = provider
+        .wait_for_health("the backlog with its unacked count", WAIT, |_, health| {
+            matches!(lag_in(health, "ORDERS/workers"), Some((Some(_), Some(1))))
+        })
+        .await;
+    let (pending, _) = lag_in(&backlog, "ORDERS/workers").unwrap();
+    gate.open();
+    component.take(N as usize).await;
+    let (_, drained) = provider
+        .wait_for_health("no lag once drained", WAIT, |_, health| {
+            lag_in(health, "ORDERS/workers") == Some((Some(0), Some(0)))
+        })
+        .await;
+    provider.delete_link(&link).await;
+    let stop = provider
+        .logs
+        .wait_for(0, "the stop line", |line| {
+            line.contains("handler link stopped")
+        })
+        .await;
+
+    assert_eq!(pending, Some(N - 1), "{backlog}");
+    assert!(drained.contains("all NATS connections up"), "{drained}");
+    assert!(
+        stop.contains("durable consumer ORDERS/workers: 0 pending, 0 unacked"),
+        "{stop}"
+    );
 }

@@ -420,6 +420,7 @@ async fn restart_mid_traffic(restart: Restart) {
             Restart::Stop => String::new(),
             Restart::LameDuck => LAME_DUCK_CONFIG.to_string(),
         },
+        ..ServerOptions::default()
     });
     // A stream records what the server received, across the restart.
     let js = async_nats::jetstream::new(data.client().await);

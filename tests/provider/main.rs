@@ -10,6 +10,7 @@ mod confirmed;
 mod delivery;
 mod durable;
 mod faults;
+mod leaf;
 mod lifecycle;
 mod link;
 mod memory;

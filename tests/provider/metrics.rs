@@ -15,7 +15,7 @@ use tokio::sync::mpsc;
 
 use crate::support::{
     create_stream, echo_responder, jetstream_lattice, round_trip, stop_figures, Behaviour,
-    BrokerMessage, Lattice, Link, Provider, ProviderOptions,
+    BrokerMessage, Gate, Lattice, Link, Provider, ProviderOptions,
 };
 
 /// An OTLP/HTTP metrics receiver: answers every POST with 200 and hands
@@ -376,4 +376,74 @@ async fn dead_lettered_and_dropped_messages_are_exported_for_their_own_link() {
             "{metric} counted for {component}"
         );
     }
+}
+
+#[tokio::test]
+async fn a_durable_consumers_lag_is_exported_with_its_stream_and_consumer() {
+    let mut receiver = Receiver::start().await;
+    let lattice = jetstream_lattice().await;
+    let js = async_nats::jetstream::new(lattice.client.clone());
+    create_stream(&js, "JOBS", &["jobs.>"]).await;
+    for i in 0..3 {
+        js.publish(format!("jobs.{i}"), "job".into())
+            .await
+            .expect("publish")
+            .await
+            .expect("stored");
+    }
+    let provider = lattice
+        .provider_with(ProviderOptions {
+            metrics_endpoint: Some(receiver.url.clone()),
+            ..ProviderOptions::default()
+        })
+        .await;
+    let gate = Gate::closed();
+    let mut worker = lattice
+        .component(
+            "worker",
+            Behaviour {
+                gate: Some(gate.clone()),
+                ..Behaviour::default()
+            },
+        )
+        .await;
+    provider
+        .put_link(&Link::handler(
+            "worker",
+            &[
+                ("stream", "JOBS"),
+                ("durable_name", "jobs"),
+                ("max_in_flight", "1"),
+            ],
+        ))
+        .await;
+    let consumer = of_link(
+        "worker",
+        &[
+            ("messaging.destination.name", "JOBS"),
+            ("messaging.consumer.group.name", "jobs"),
+        ],
+    );
+    let lag = |pending: f64, unacked: f64| -> Vec<Expected> {
+        vec![
+            (
+                "wasmcloud.messaging.consumer.pending",
+                consumer.clone(),
+                vec![],
+                pending,
+            ),
+            (
+                "wasmcloud.messaging.consumer.unacked",
+                consumer.clone(),
+                vec![],
+                unacked,
+            ),
+        ]
+    };
+
+    // One message held in its call, two waiting on the server.
+    wait_exported(&mut receiver, &provider, &lag(2.0, 1.0)).await;
+    gate.open();
+    worker.take(3).await;
+    wait_exported(&mut receiver, &provider, &lag(0.0, 0.0)).await;
 }

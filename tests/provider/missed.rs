@@ -170,3 +170,59 @@ async fn a_link_missed_while_the_lattice_connection_was_down_is_applied_after_re
     };
     assert_eq!(&received.message.body[..], b"0");
 }
+
+/// A log line of one look at the lattice's links.
+fn looked(line: &str) -> bool {
+    line.contains("checked the lattice's links")
+}
+
+#[tokio::test]
+async fn a_delete_handled_after_the_put_that_followed_it_is_undone_as_the_lattice_holds_the_link() {
+    let lattice = Lattice::start().await;
+    let provider = lattice.provider(&[]).await;
+    let mut component = lattice.component("c", Behaviour::default()).await;
+    let handler = Link::handler("c", &[("subscriptions", "replaced.in")]);
+    // The host deleted the link and put it again (wadm replacing it); the
+    // provider got the put first, then the delete. The lattice holds it.
+    lattice.hold_link(KEY, &handler);
+    provider.put_link(&handler).await;
+    let from = provider.logs.line_count();
+
+    provider.delete_link(&handler).await;
+
+    provider
+        .logs
+        .wait_for(from, "the link applied again", |l| {
+            applied_missed(l, "link=c/default")
+        })
+        .await;
+    let health = provider.wait_healthy(WAIT).await;
+    assert!(health.starts_with("1 handler links"), "{health}");
+    lattice.publish_numbered("replaced.in", 1).await;
+    assert_eq!(&component.next().await.message.body[..], b"0");
+}
+
+#[tokio::test]
+async fn a_deleted_link_the_lattice_no_longer_holds_stays_deleted() {
+    let lattice = Lattice::start().await;
+    let provider = lattice.provider(&[]).await;
+    let _component = lattice.component("c", Behaviour::default()).await;
+    let handler = Link::handler("c", &[("subscriptions", "gone.in")]);
+    provider.put_link(&handler).await;
+    let looks = provider.logs.count(looked);
+
+    provider.delete_link(&handler).await;
+
+    // Both looks after the delete (one may be the start-up's second).
+    let deadline = std::time::Instant::now() + WAIT;
+    while provider.logs.count(looked) < looks + 2 {
+        assert!(
+            std::time::Instant::now() < deadline,
+            "the lattice's links were not looked at after the delete"
+        );
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+    let (_, health) = provider.health().await.expect("health");
+    assert!(health.starts_with("0 handler links"), "{health}");
+    assert_eq!(provider.logs.count(|l| applied_missed(l, "link=c/")), 0);
+}

@@ -12,8 +12,8 @@ pub mod credentials;
 
 pub use messaging_nats_harness::{
     echo_responder, pairs, round_trip, spawn_provider, Behaviour, BrokerMessage, Caller, Gate,
-    Lattice, Link, Logs, NatsServer, Provider, ProviderOptions, Received, ServerExt, ServerOptions,
-    LAME_DUCK_CONFIG, WAIT,
+    Lattice, LeafTopology, Link, Logs, NatsServer, Provider, ProviderOptions, Received, ServerExt,
+    ServerOptions, HUB_DOMAIN, LAME_DUCK_CONFIG, WAIT,
 };
 
 /// The usual set-up of a consumer test: a lattice, the provider, and a
@@ -146,7 +146,7 @@ pub async fn stream_messages(
 }
 
 /// The figures of the first handler link stop line ("delivered N, ...
-/// dropped M").
+/// terminated M", before the durable consumers' lag).
 pub fn stop_figures(provider: &Provider) -> Vec<(String, u64)> {
     let line = provider
         .logs
@@ -159,7 +159,8 @@ pub fn stop_figures(provider: &Provider) -> Vec<(String, u64)> {
         .nth(1)
         .unwrap_or_default()
         .trim_matches('"');
-    stats
+    let counts = stats.split("; ").next().unwrap_or_default();
+    counts
         .split(", ")
         .filter_map(|part| {
             let (name, n) = part.trim_matches('"').rsplit_once(' ')?;

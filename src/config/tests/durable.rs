@@ -63,6 +63,7 @@ fn stream_alone_gives_one_managed_consumer_with_the_defaults() {
             }],
             backoff: vec![],
             dead_letter_subject: None,
+            jetstream_domain: None,
         }
     );
 }

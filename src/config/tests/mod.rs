@@ -594,3 +594,33 @@ mod properties {
         }
     }
 }
+
+#[test]
+fn jetstream_domain_reaches_durable_delivery_and_confirmed_publishes() {
+    let handler = settings(&[("stream", "ORDERS"), ("jetstream_domain", " hub ")]).expect("parses");
+    assert_eq!(
+        handler.handler.durable.jetstream_domain.as_deref(),
+        Some("hub")
+    );
+    let consumer = consumer_settings(&[
+        ("jetstream_publish", "orders.>"),
+        ("jetstream_domain", "hub"),
+    ])
+    .expect("parses");
+    assert_eq!(consumer.consumer.jetstream_domain.as_deref(), Some("hub"));
+    let unset = settings(&[("stream", "ORDERS")]).expect("parses");
+    assert_eq!(unset.handler.durable.jetstream_domain, None);
+}
+
+#[test]
+fn a_jetstream_domain_of_more_than_one_token_is_rejected_naming_it() {
+    for bad in ["hub.east", "hub*", "h b"] {
+        let err = settings(&[("stream", "ORDERS"), ("jetstream_domain", bad)])
+            .expect_err("must be rejected");
+        let text = err.to_string();
+        assert!(
+            text.contains("jetstream_domain") && text.contains(bad),
+            "{text}"
+        );
+    }
+}

@@ -7,7 +7,10 @@
 //! bound, so that a slow component leaves messages on the server rather
 //! than in the provider. It hands what it fetched to the link's
 //! dispatcher, so that a bind or a fetch that waits on the server never
-//! holds up a delivery. A message's path ([`settle`]):
+//! holds up a delivery. It also keeps the consumer's lag: what each
+//! message says is still pending, and the consumer's own counts every
+//! [`LAG_REFRESH`]. With `jetstream_domain`, every API request (bind,
+//! fetch, lag) goes to `$JS.<domain>.API`. A message's path ([`settle`]):
 //!
 //! 1. fetched; once it has a slot, delivered to the component with
 //!    in-progress acks every half `ack_wait` while the call runs, so that a
@@ -43,12 +46,13 @@ use tokio::time::Instant;
 use tracing::{debug, info, warn};
 
 use self::settle::{FetchedMessage, SettleContext};
+use super::counters::LagRecorder;
 use super::dispatch::{Feed, Room};
 use super::drain::{sleep_until, Drain};
 use super::invoke::Target;
 use super::pull::Pull;
 use crate::config::{ConsumerSpec, DurableSettings, DurableSource, ManagedConsumer};
-use crate::connection::Lease;
+use crate::connection::{jetstream_api, Lease};
 
 /// How long a fetch waits on the server for messages before it asks again;
 /// also how soon a consumer that was deleted and recreated is noticed.
@@ -69,6 +73,10 @@ const PERMANENT_RETRY_DELAY: Duration = Duration::from_secs(60);
 /// Bytes one fetch asks for when the link does not say: room for a burst
 /// without letting a backlog of large messages fill the provider's memory.
 const DEFAULT_FETCH_BYTES: usize = 8 * 1024 * 1024;
+/// How often a bound consumer is asked for its lag (one small API request
+/// per consumer): often enough for a dashboard or an autoscaler, rare
+/// enough for thousands of links.
+const LAG_REFRESH: Duration = Duration::from_secs(5);
 
 /// Why a JetStream consumer cannot be read now; health shows it.
 #[derive(Debug)]
@@ -187,6 +195,7 @@ pub(crate) struct ConsumerReader {
     drain: Drain,
     /// What binding at link start gave (see [`ConsumerReader::bind_at_start`]).
     bound_at_start: Option<Result<BoundConsumer, DurableError>>,
+    lag: LagRecorder,
 }
 
 /// A consumer found on the server, and what settling its messages takes.
@@ -202,6 +211,37 @@ struct Progress {
     bound: Option<BoundConsumer>,
     batch: Option<Pull>,
     retry_at: Option<Instant>,
+    /// When to ask the consumer for its lag next, and the question open.
+    lag_due: Option<Instant>,
+    lag_check: Option<LagCheck>,
+}
+
+/// A consumer info request: the consumer's pending and unacked counts, or
+/// `None` if it failed or did not answer within [`API_TIMEOUT`].
+type LagCheck = std::pin::Pin<Box<dyn std::future::Future<Output = Option<(u64, u64)>> + Send>>;
+
+fn check_lag(mut consumer: PullConsumer) -> LagCheck {
+    Box::pin(async move {
+        let info = tokio::time::timeout(API_TIMEOUT, consumer.info()).await;
+        match info {
+            Ok(Ok(info)) => Some((
+                info.num_pending,
+                u64::try_from(info.num_ack_pending).unwrap_or(0),
+            )),
+            Ok(Err(err)) => {
+                debug!(error = %err, "consumer info for its lag failed");
+                None
+            }
+            Err(_) => None,
+        }
+    })
+}
+
+async fn lag_answer(check: &mut Option<LagCheck>) -> Option<(u64, u64)> {
+    match check {
+        Some(check) => check.await,
+        None => std::future::pending().await,
+    }
 }
 
 /// At the stop, fetched messages the client still buffers go to the
@@ -242,9 +282,13 @@ impl ConsumerReader {
                 crate::config::default_durable_name(&target.component_id, &target.link_name)
             }
         };
+        let label = format!("{}/{consumer_name}", source.stream);
         let mut this = Self {
             connection: connection.clone(),
-            label: format!("{}/{consumer_name}", source.stream),
+            lag: target
+                .counters
+                .lag_recorder(&label, &source.stream, &consumer_name),
+            label,
             source: source.clone(),
             consumer_name,
             policy: Arc::clone(policy),
@@ -305,8 +349,24 @@ impl ConsumerReader {
                 }
                 // A settled message may leave room for the next fetch.
                 () = feed.settled(), if now.batch.is_none() && now.bound.is_some() => {}
+                // The consumer's own count of what it has not delivered or
+                // not had acked, at most every LAG_REFRESH: between two,
+                // each message says what is still pending after it.
+                () = sleep_until(now.lag_due), if now.bound.is_some() && now.lag_check.is_none() => {
+                    now.lag_due = Some(Instant::now() + LAG_REFRESH);
+                    now.lag_check = now.bound.as_ref().map(|found| check_lag(found.consumer.clone()));
+                }
+                lag = lag_answer(&mut now.lag_check), if now.lag_check.is_some() => {
+                    now.lag_check = None;
+                    if let Some((pending, unacked)) = lag {
+                        self.lag.record(Some(pending), Some(unacked));
+                    }
+                }
                 next = next_message(&mut now.batch), if now.batch.is_some() => match (next, &now.bound) {
                     (Some(Ok(msg)), Some(found)) => {
+                        if let Ok(info) = msg.info() {
+                            self.lag.record(Some(info.pending), None);
+                        }
                         feed.send(Box::new(FetchedMessage { msg, settle: Arc::clone(&found.settle) }));
                     }
                     (Some(Err(err)), _) => {
@@ -346,6 +406,12 @@ impl ConsumerReader {
             Ok(found) => {
                 now.retry_at = None;
                 self.clear_problem();
+                let info = found.consumer.cached_info();
+                self.lag.record(
+                    Some(info.num_pending),
+                    Some(u64::try_from(info.num_ack_pending).unwrap_or(0)),
+                );
+                now.lag_due = Some(Instant::now() + LAG_REFRESH);
                 now.bound = Some(found);
             }
             Err(problem) => self.problem(problem, &mut now.retry_at),
@@ -397,7 +463,13 @@ impl ConsumerReader {
         } else {
             (RETRY_DELAY, "retrying")
         };
-        let line = format!("durable consumer {}: {problem}", self.label);
+        let line = match &self.policy.jetstream_domain {
+            Some(domain) => format!(
+                "durable consumer {} in JetStream domain {domain:?}: {problem}",
+                self.label
+            ),
+            None => format!("durable consumer {}: {problem}", self.label),
+        };
         if self.target.counters.set_problem(&self.label, line) {
             warn!(problem = %problem, "durable consumer not available; {again}");
         }
@@ -420,7 +492,9 @@ impl ConsumerReader {
                 state: self.connection.state(),
             });
         }
-        let context = jetstream::new(self.connection.client());
+        let context = self
+            .connection
+            .jetstream(self.policy.jetstream_domain.as_deref());
         let stream = self.find_stream(&context).await?;
         let consumer: PullConsumer = match &self.source.consumer {
             ConsumerSpec::Managed(managed) => {
@@ -551,6 +625,7 @@ impl ConsumerReader {
             .unwrap_or(DEFAULT_FETCH_BYTES.max(self.connection.max_payload()));
         Pull::start(
             &self.connection.client(),
+            &jetstream_api(self.policy.jetstream_domain.as_deref()),
             &found.settle.jetstream,
             &found.consumer,
             count,

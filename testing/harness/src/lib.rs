@@ -16,7 +16,8 @@ pub mod server;
 pub use component::{Behaviour, BrokerMessage, Caller, Component, Gate, Received};
 pub use host::{pairs, spawn_provider, Lattice, Link, Logs, Provider, ProviderOptions};
 pub use server::{
-    echo_responder, round_trip, NatsServer, ServerExt, ServerOptions, LAME_DUCK_CONFIG,
+    echo_responder, round_trip, LeafTopology, NatsServer, ServerExt, ServerOptions, HUB_DOMAIN,
+    LAME_DUCK_CONFIG,
 };
 
 /// How long a helper waits for something that should happen promptly.

@@ -3,7 +3,9 @@
 
 use std::future::Future;
 
-pub use nats_test_server::{round_trip, NatsServer, Options as ServerOptions, LAME_DUCK_CONFIG};
+pub use nats_test_server::{
+    round_trip, LeafTopology, NatsServer, Options as ServerOptions, HUB_DOMAIN, LAME_DUCK_CONFIG,
+};
 
 /// What the provider tests ask of a server beyond starting and stopping it.
 pub trait ServerExt {

@@ -7,8 +7,10 @@
 //! Each server has a folder of its own (config, log, JetStream store),
 //! removed with the server, and the process is killed on drop.
 
+mod leaf;
 mod proxy;
 
+pub use self::leaf::{LeafTopology, HUB_DOMAIN, LEAF_DOMAIN};
 pub use self::proxy::{Proxy, SeenAck};
 
 use std::io::{Read as _, Write as _};
@@ -47,6 +49,8 @@ pub struct Options {
     pub config: String,
     /// JetStream with a store in the server's own folder.
     pub jetstream: bool,
+    /// The JetStream domain (with `jetstream`); `None`: no domain.
+    pub jetstream_domain: Option<String>,
 }
 
 /// A running (or stopped, for a restart) `nats-server`.
@@ -99,6 +103,12 @@ impl NatsServer {
 
     /// `n` servers clustered on loopback (full mesh of routes).
     pub fn cluster(n: usize, options: Options) -> Vec<Self> {
+        Self::cluster_with(n, options, |_| String::new())
+    }
+
+    /// `n` clustered servers, node `i` with the config lines `extra(i)`
+    /// besides `options` (a port of its own, say).
+    pub fn cluster_with(n: usize, options: Options, extra: impl Fn(usize) -> String) -> Vec<Self> {
         let route_ports: Vec<u16> = (0..n).map(|_| unused_port()).collect();
         let routes = route_ports
             .iter()
@@ -110,7 +120,8 @@ impl NatsServer {
             .enumerate()
             .map(|(i, port)| {
                 let cluster = format!(
-                    "server_name: node{i}\ncluster {{\n  name: test-cluster\n  listen: \"127.0.0.1:{port}\"\n  routes: [{routes}]\n}}\n"
+                    "server_name: node{i}\ncluster {{\n  name: test-cluster\n  listen: \"127.0.0.1:{port}\"\n  routes: [{routes}]\n}}\n{}",
+                    extra(i)
                 );
                 Self::launch(options.clone(), Some(cluster))
             })
@@ -214,7 +225,13 @@ impl NatsServer {
         );
         if self.options.jetstream {
             let store = self.dir.path().join("jetstream");
-            config.push_str(&format!("jetstream {{ store_dir: {store:?} }}\n"));
+            let domain = self
+                .options
+                .jetstream_domain
+                .as_ref()
+                .map(|domain| format!(", domain: {domain:?}"))
+                .unwrap_or_default();
+            config.push_str(&format!("jetstream {{ store_dir: {store:?}{domain} }}\n"));
         }
         if let Some(cluster) = &self.cluster {
             config.push_str(cluster);
@@ -328,8 +345,8 @@ pub async fn round_trip(client: &async_nats::Client) {
     }
 }
 
-/// A loopback port free now, for cluster routes (which must be known before
-/// the nodes start).
+/// A loopback port free now, for cluster routes and leaf node ports (which
+/// must be known before the nodes start).
 fn unused_port() -> u16 {
     std::net::TcpListener::bind("127.0.0.1:0")
         .and_then(|listener| listener.local_addr())

@@ -216,21 +216,22 @@ pub struct CertFiles {
 }
 
 /// A test CA with a server certificate (for `127.0.0.1` and `localhost`)
-/// and a client certificate it signed, written into a temp dir.
+/// and a client certificate it signed, written into a temp dir; it can
+/// sign more client certificates.
 pub struct TestPki {
     pub ca_pem: String,
     pub ca_file: PathBuf,
     pub server: CertFiles,
     pub client: CertFiles,
-    _dir: tempfile::TempDir,
+    name: String,
+    ca: rcgen::Certificate,
+    ca_key: rcgen::KeyPair,
+    dir: tempfile::TempDir,
 }
 
 impl TestPki {
     pub fn new(name: &str) -> Self {
-        use rcgen::{
-            BasicConstraints, CertificateParams, DnType, ExtendedKeyUsagePurpose, IsCa,
-            KeyUsagePurpose,
-        };
+        use rcgen::{BasicConstraints, CertificateParams, DnType, IsCa, KeyUsagePurpose};
         let dir = tempfile::tempdir().expect("temp dir");
 
         let mut ca_params = CertificateParams::new(Vec::<String>::new()).expect("ca params");
@@ -245,49 +246,74 @@ impl TestPki {
         ];
         let ca_key = rcgen::KeyPair::generate().expect("ca key");
         let ca = ca_params.self_signed(&ca_key).expect("self-sign ca");
-
-        let issue = |file: &str, sans: Vec<String>, usage: ExtendedKeyUsagePurpose| {
-            let mut params = CertificateParams::new(sans).expect("cert params");
-            params
-                .distinguished_name
-                .push(DnType::CommonName, format!("{name} {file}"));
-            params.key_usages = vec![
-                KeyUsagePurpose::DigitalSignature,
-                KeyUsagePurpose::KeyEncipherment,
-            ];
-            params.extended_key_usages = vec![usage];
-            let key = rcgen::KeyPair::generate().expect("key");
-            let cert = params.signed_by(&key, &ca, &ca_key).expect("sign cert");
-            let files = CertFiles {
-                cert_pem: cert.pem(),
-                key_pem: key.serialize_pem(),
-                cert_file: dir.path().join(format!("{file}.pem")),
-                key_file: dir.path().join(format!("{file}-key.pem")),
-            };
-            std::fs::write(&files.cert_file, &files.cert_pem).expect("write cert");
-            std::fs::write(&files.key_file, &files.key_pem).expect("write key");
-            files
-        };
-        let server = issue(
-            "server",
-            vec!["127.0.0.1".into(), "localhost".into()],
-            ExtendedKeyUsagePurpose::ServerAuth,
-        );
-        let client = issue(
-            "client",
-            vec!["client.test".into()],
-            ExtendedKeyUsagePurpose::ClientAuth,
-        );
         let ca_pem = ca.pem();
         let ca_file = dir.path().join("ca.pem");
         std::fs::write(&ca_file, &ca_pem).expect("write ca");
-        Self {
+        let placeholder = || CertFiles {
+            cert_pem: String::new(),
+            key_pem: String::new(),
+            cert_file: PathBuf::new(),
+            key_file: PathBuf::new(),
+        };
+        let mut pki = Self {
             ca_pem,
             ca_file,
-            server,
-            client,
-            _dir: dir,
-        }
+            server: placeholder(),
+            client: placeholder(),
+            name: name.to_string(),
+            ca,
+            ca_key,
+            dir,
+        };
+        pki.server = pki.issue(
+            "server",
+            vec!["127.0.0.1".into(), "localhost".into()],
+            rcgen::ExtendedKeyUsagePurpose::ServerAuth,
+        );
+        pki.client = pki.issue_client("client", "client.test");
+        pki
+    }
+
+    /// A client certificate for DNS name `dns` (what a server that maps
+    /// certificates to users, `verify_and_map`, takes as the user), written
+    /// as `<file>.pem` and `<file>-key.pem`.
+    pub fn issue_client(&self, file: &str, dns: &str) -> CertFiles {
+        self.issue(
+            file,
+            vec![dns.to_string()],
+            rcgen::ExtendedKeyUsagePurpose::ClientAuth,
+        )
+    }
+
+    fn issue(
+        &self,
+        file: &str,
+        sans: Vec<String>,
+        usage: rcgen::ExtendedKeyUsagePurpose,
+    ) -> CertFiles {
+        use rcgen::{CertificateParams, DnType, KeyUsagePurpose};
+        let mut params = CertificateParams::new(sans).expect("cert params");
+        params
+            .distinguished_name
+            .push(DnType::CommonName, format!("{} {file}", self.name));
+        params.key_usages = vec![
+            KeyUsagePurpose::DigitalSignature,
+            KeyUsagePurpose::KeyEncipherment,
+        ];
+        params.extended_key_usages = vec![usage];
+        let key = rcgen::KeyPair::generate().expect("key");
+        let cert = params
+            .signed_by(&key, &self.ca, &self.ca_key)
+            .expect("sign cert");
+        let files = CertFiles {
+            cert_pem: cert.pem(),
+            key_pem: key.serialize_pem(),
+            cert_file: self.dir.path().join(format!("{file}.pem")),
+            key_file: self.dir.path().join(format!("{file}-key.pem")),
+        };
+        std::fs::write(&files.cert_file, &files.cert_pem).expect("write cert");
+        std::fs::write(&files.key_file, &files.key_pem).expect("write key");
+        files
     }
 
     /// The nats-server `tls` block: the server certificate, this CA, and
