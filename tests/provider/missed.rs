@@ -176,6 +176,19 @@ fn looked(line: &str) -> bool {
     line.contains("checked the lattice's links")
 }
 
+/// Waits until the provider has looked at the lattice's links `n` times.
+async fn wait_for_looks(provider: &crate::support::Provider, n: usize) {
+    let deadline = std::time::Instant::now() + WAIT;
+    while provider.logs.count(looked) < n {
+        assert!(
+            std::time::Instant::now() < deadline,
+            "{} looks at the lattice's links, not {n}",
+            provider.logs.count(looked)
+        );
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+}
+
 #[tokio::test]
 async fn a_delete_handled_after_the_put_that_followed_it_is_undone_as_the_lattice_holds_the_link() {
     let lattice = Lattice::start().await;
@@ -186,6 +199,8 @@ async fn a_delete_handled_after_the_put_that_followed_it_is_undone_as_the_lattic
     // provider got the put first, then the delete. The lattice holds it.
     lattice.hold_link(KEY, &handler);
     provider.put_link(&handler).await;
+    // After the start-up's two looks, which would apply the link too.
+    wait_for_looks(&provider, 2).await;
     let from = provider.logs.line_count();
 
     provider.delete_link(&handler).await;
@@ -214,14 +229,7 @@ async fn a_deleted_link_the_lattice_no_longer_holds_stays_deleted() {
     provider.delete_link(&handler).await;
 
     // Both looks after the delete (one may be the start-up's second).
-    let deadline = std::time::Instant::now() + WAIT;
-    while provider.logs.count(looked) < looks + 2 {
-        assert!(
-            std::time::Instant::now() < deadline,
-            "the lattice's links were not looked at after the delete"
-        );
-        tokio::time::sleep(Duration::from_millis(50)).await;
-    }
+    wait_for_looks(&provider, looks + 2).await;
     let (_, health) = provider.health().await.expect("health");
     assert!(health.starts_with("0 handler links"), "{health}");
     assert_eq!(provider.logs.count(|l| applied_missed(l, "link=c/")), 0);
