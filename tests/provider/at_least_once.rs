@@ -7,11 +7,11 @@ use std::collections::{BTreeMap, HashMap, HashSet};
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
-use async_nats::jetstream::{self, stream};
+use async_nats::jetstream;
 
 use crate::support::{
-    create_stream, message, stream_messages, Behaviour, Caller, Lattice, Link, NatsServer,
-    ServerOptions, WAIT,
+    create_stream, message, replicated_orders, stream_messages, Behaviour, Caller, Lattice, Link,
+    NatsServer, ServerOptions, WAIT,
 };
 
 /// What the publishers saw.
@@ -198,31 +198,7 @@ async fn a_jetstream_cluster_loses_nothing_answered_ok_when_the_leader_and_a_pro
         .map(NatsServer::url)
         .collect::<Vec<_>>()
         .join(",");
-    let addresses: Vec<async_nats::ServerAddr> = urls
-        .split(',')
-        .map(|url| url.parse().expect("node URL"))
-        .collect();
-    let client = async_nats::connect(addresses)
-        .await
-        .expect("cluster client");
-    let js = jetstream::new(client);
-    // JetStream in a new cluster answers once its meta leader is elected.
-    let deadline = Instant::now() + Duration::from_secs(30);
-    loop {
-        let made = js
-            .get_or_create_stream(stream::Config {
-                name: "ORDERS".into(),
-                subjects: vec!["orders.>".into()],
-                num_replicas: 3,
-                ..Default::default()
-            })
-            .await;
-        if made.is_ok() {
-            break;
-        }
-        assert!(Instant::now() < deadline, "no JetStream cluster: {made:?}");
-        tokio::time::sleep(Duration::from_millis(200)).await;
-    }
+    let js = replicated_orders(&urls).await;
     let durable = [
         ("cluster_uris", urls.as_str()),
         ("stream", "ORDERS"),

@@ -7,10 +7,8 @@ use std::collections::HashMap;
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
-use async_nats::jetstream::{self, stream};
-
 use crate::at_least_once::{publish_all, stored};
-use crate::support::{Behaviour, Lattice, LeafTopology, Link, HUB_DOMAIN, WAIT};
+use crate::support::{replicated_orders, Behaviour, Lattice, LeafTopology, Link, HUB_DOMAIN, WAIT};
 
 /// Handler calls at once on the durable link.
 const MAX_IN_FLIGHT: usize = 16;
@@ -18,34 +16,6 @@ const MAX_IN_FLIGHT: usize = 16;
 const CUT: Duration = Duration::from_secs(3);
 /// How long the test waits for every stored message to be handled.
 const HANDLED_WAIT: Duration = Duration::from_secs(60);
-
-/// The hub's JetStream, with stream `ORDERS` (R3) on `orders.>`, once the
-/// hub has elected its meta leader.
-async fn hub_stream(topology: &LeafTopology) -> jetstream::Context {
-    let addresses: Vec<async_nats::ServerAddr> = topology
-        .hub_urls()
-        .split(',')
-        .map(|url| url.parse().expect("hub URL"))
-        .collect();
-    let client = async_nats::connect(addresses).await.expect("hub client");
-    let js = jetstream::new(client);
-    let deadline = Instant::now() + Duration::from_secs(30);
-    loop {
-        let made = js
-            .get_or_create_stream(stream::Config {
-                name: "ORDERS".into(),
-                subjects: vec!["orders.>".into()],
-                num_replicas: 3,
-                ..Default::default()
-            })
-            .await;
-        if made.is_ok() {
-            return js;
-        }
-        assert!(Instant::now() < deadline, "no hub JetStream: {made:?}");
-        tokio::time::sleep(Duration::from_millis(200)).await;
-    }
-}
 
 /// The durable handler link of component `worker` on the leaf.
 fn durable_link(topology: &LeafTopology, domain: Option<&str>) -> Link {
@@ -64,7 +34,7 @@ fn durable_link(topology: &LeafTopology, domain: Option<&str>) -> Link {
 #[tokio::test]
 async fn without_jetstream_domain_a_link_on_a_leaf_node_sees_only_the_leafs_jetstream() {
     let topology = LeafTopology::start(3).await;
-    hub_stream(&topology).await;
+    replicated_orders(&topology.hub_urls()).await;
     let lattice = Lattice::start().await;
     let provider = lattice.provider(&[]).await;
     let _worker = lattice.component("worker", Behaviour::default()).await;
@@ -87,7 +57,7 @@ async fn through_a_leaf_node_nothing_answered_ok_is_lost_when_the_leaf_is_cut_of
     const AFTER: usize = 1_000;
     const N: usize = BEFORE + DURING + AFTER;
     let topology = LeafTopology::start(3).await;
-    let js = hub_stream(&topology).await;
+    let js = replicated_orders(&topology.hub_urls()).await;
     let lattice = Lattice::start().await;
     let provider = lattice.provider(&[]).await;
     // Slow enough that deliveries are under way when the cut comes.

@@ -211,8 +211,11 @@ async fn a_delete_handled_after_the_put_that_followed_it_is_undone_as_the_lattic
             applied_missed(l, "link=c/default")
         })
         .await;
-    let health = provider.wait_healthy(WAIT).await;
-    assert!(health.starts_with("1 handler links"), "{health}");
+    provider
+        .wait_for_health("the link running again", WAIT, |healthy, message| {
+            healthy && message.starts_with("1 handler links")
+        })
+        .await;
     lattice.publish_numbered("replaced.in", 1).await;
     assert_eq!(&component.next().await.message.body[..], b"0");
 }

@@ -95,6 +95,39 @@ pub async fn create_stream(
     .expect("create stream")
 }
 
+/// A client of the cluster at `urls` (comma-separated) and its JetStream,
+/// with stream `ORDERS` on `orders.>` in three replicas, made once the
+/// cluster's JetStream answers (when it has elected its meta leader).
+pub async fn replicated_orders(urls: &str) -> async_nats::jetstream::Context {
+    let addresses: Vec<async_nats::ServerAddr> = urls
+        .split(',')
+        .map(|url| url.parse().expect("node URL"))
+        .collect();
+    let client = async_nats::connect(addresses)
+        .await
+        .expect("cluster client");
+    let js = async_nats::jetstream::new(client);
+    let deadline = std::time::Instant::now() + Duration::from_secs(30);
+    loop {
+        let made = js
+            .get_or_create_stream(async_nats::jetstream::stream::Config {
+                name: "ORDERS".into(),
+                subjects: vec!["orders.>".into()],
+                num_replicas: 3,
+                ..Default::default()
+            })
+            .await;
+        if made.is_ok() {
+            return js;
+        }
+        assert!(
+            std::time::Instant::now() < deadline,
+            "no JetStream cluster: {made:?}"
+        );
+        tokio::time::sleep(Duration::from_millis(200)).await;
+    }
+}
+
 /// The server's view of consumer `name` of `stream`.
 pub async fn consumer_info(
     js: &async_nats::jetstream::Context,
