@@ -70,7 +70,11 @@ impl LagRecorder {
     /// Records what is known now; `None` leaves a figure as it was.
     pub(crate) fn record(&self, pending: Option<u64>, unacked: Option<u64>) {
         let mut lags = lock(&self.counters.lags);
-        let lag = lags.entry(self.label.clone()).or_default();
+        // Looked up by reference: this runs for every message fetched.
+        let lag = match lags.get_mut(&self.label) {
+            Some(lag) => lag,
+            None => lags.entry(self.label.clone()).or_default(),
+        };
         lag.pending = pending.or(lag.pending);
         lag.unacked = unacked.or(lag.unacked);
         drop(lags);
