@@ -22,6 +22,25 @@ pub(crate) struct Published {
     pub(crate) errors: BTreeMap<String, usize>,
 }
 
+impl Published {
+    /// The bodies answered `Ok` that `stored` lacks.
+    pub(crate) fn not_in(&self, stored: &HashMap<usize, usize>) -> Vec<usize> {
+        let mut missing: Vec<usize> = self
+            .ok
+            .iter()
+            .filter(|i| !stored.contains_key(i))
+            .copied()
+            .collect();
+        missing.sort_unstable();
+        missing
+    }
+}
+
+/// How many of the bodies `counts` counts more than once.
+pub(crate) fn more_than_once(counts: &HashMap<usize, usize>) -> usize {
+    counts.values().filter(|n| **n > 1).count()
+}
+
 /// Publishes bodies `bodies` (`i` to `orders.<i>`) through `caller`,
 /// `concurrency` at a time, calling `at(i)` before publish `i` (to inject
 /// faults).
@@ -147,12 +166,8 @@ async fn confirmed_publishes_answered_ok_survive_a_sigkill_of_the_server() {
     let js = jetstream::new(async_nats::connect(&url).await.expect("data client"));
     let stored = stored(&js, "ORDERS").await;
 
-    let missing: Vec<_> = published
-        .ok
-        .iter()
-        .filter(|i| !stored.contains_key(i))
-        .collect();
-    let twice = stored.values().filter(|n| **n > 1).count();
+    let missing = published.not_in(&stored);
+    let twice = more_than_once(&stored);
     eprintln!(
         "SIGKILL of the server: {} publishes, {} answered Ok, {} stored, {} stored twice, {} Ok \
          but missing; errors {:?}",
@@ -293,14 +308,10 @@ async fn a_jetstream_cluster_loses_nothing_answered_ok_when_the_leader_and_a_pro
         }
     }
 
-    let missing: Vec<_> = published
-        .ok
-        .iter()
-        .filter(|i| !stored.contains_key(i))
-        .collect();
-    let stored_twice = stored.values().filter(|n| **n > 1).count();
+    let missing = published.not_in(&stored);
+    let stored_twice = more_than_once(&stored);
     let never_handled: Vec<_> = stored.keys().filter(|b| !handled.contains_key(b)).collect();
-    let handled_twice = handled.values().filter(|n| **n > 1).count();
+    let handled_twice = more_than_once(&handled);
     eprintln!(
         "cluster, leader {leader} killed and restarted, a provider killed: {N} publishes, {} \
          answered Ok, {} stored, {stored_twice} stored twice, {} Ok but missing, {} stored \

@@ -7,7 +7,7 @@ use std::collections::HashMap;
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
-use crate::at_least_once::{publish_all, stored};
+use crate::at_least_once::{more_than_once, publish_all, stored};
 use crate::support::{replicated_orders, Behaviour, Lattice, LeafTopology, Link, HUB_DOMAIN, WAIT};
 
 /// Handler calls at once on the durable link.
@@ -129,14 +129,10 @@ async fn through_a_leaf_node_nothing_answered_ok_is_lost_when_the_leaf_is_cut_of
     }
     let healthy = provider.wait_healthy(WAIT).await;
 
-    let missing: Vec<_> = published
-        .ok
-        .iter()
-        .filter(|i| !stored.contains_key(i))
-        .collect();
-    let stored_twice = stored.values().filter(|n| **n > 1).count();
+    let missing = published.not_in(&stored);
+    let stored_twice = more_than_once(&stored);
     let never_handled = stored.keys().filter(|b| !handled.contains_key(b)).count();
-    let handled_twice = handled.values().filter(|n| **n > 1).count();
+    let handled_twice = more_than_once(&handled);
     eprintln!(
         "leaf cut off the hub for {cut_lasted:?}, {handled_at_cut} of {BEFORE} handled at the \
          cut: {N} publishes, {} answered Ok ({} of {DURING} during the cut), {} stored, \
