@@ -60,9 +60,11 @@ async fn through_a_leaf_node_nothing_answered_ok_is_lost_when_the_leaf_is_cut_of
     let js = replicated_orders(&topology.hub_urls()).await;
     let lattice = Lattice::start().await;
     let provider = lattice.provider(&[]).await;
-    // Slow enough that deliveries are under way when the cut comes.
+    // Slow enough that deliveries are under way when the cut comes: the
+    // first thousand take about 3 s to handle (50 ms each, MAX_IN_FLIGHT
+    // at once), well over what publishing them takes.
     let mut worker = lattice
-        .component("worker", Behaviour::slow(Duration::from_millis(20)))
+        .component("worker", Behaviour::slow(Duration::from_millis(50)))
         .await;
     provider
         .put_link(&durable_link(&topology, Some(HUB_DOMAIN)))
