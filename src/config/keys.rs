@@ -244,7 +244,7 @@ key_table! {
         kind: Kind::Plain,
         form: Form::Text { default: "" },
         table: Table::Links,
-        doc: "path of a PEM file with that certificate (read again at every connect, as `tls_ca_file`)",
+        doc: "path of a PEM file with that certificate (read again at every connect whose server asks for a client certificate, so a renewed file takes effect without re-linking)",
     };
     TLS_KEY = Key {
         name: "tls_key",
@@ -260,7 +260,7 @@ key_table! {
         kind: Kind::Plain,
         form: Form::Text { default: "" },
         table: Table::Links,
-        doc: "path of a PEM file with that key (read again at every connect, as `tls_ca_file`)",
+        doc: "path of a PEM file with that key (read with the certificate)",
     };
     CUSTOM_INBOX_PREFIX = Key {
         name: "custom_inbox_prefix",
