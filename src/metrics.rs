@@ -127,14 +127,10 @@ pub(crate) struct ConsumerMetrics {
 
 impl ConsumerMetrics {
     /// How far the consumer is behind.
-    pub(crate) fn lag(&self, pending: Option<u64>, unacked: Option<u64>) {
+    pub(crate) fn lag(&self, pending: u64, unacked: u64) {
         let instruments = instruments();
-        if let Some(pending) = pending {
-            instruments.pending.record(pending, &self.attributes);
-        }
-        if let Some(unacked) = unacked {
-            instruments.unacked.record(unacked, &self.attributes);
-        }
+        instruments.pending.record(pending, &self.attributes);
+        instruments.unacked.record(unacked, &self.attributes);
     }
 }
 

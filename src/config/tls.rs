@@ -79,8 +79,16 @@ impl TlsSettings {
         let client = match (cert, key) {
             (Some((cert_key, cert, cert_pem)), Some((key_key, key, key_pem))) => {
                 check_certificates(cert_key, &cert_pem)?;
-                if !holds_private_key(&key_pem) {
-                    return Err(ConfigError::about(key_key.name, NO_PRIVATE_KEY));
+                // The parser's error could quote key material: not passed on.
+                if !matches!(
+                    rustls_pemfile::private_key(&mut key_pem.as_bytes()),
+                    Ok(Some(_))
+                ) {
+                    return Err(ConfigError::about(
+                        key_key.name,
+                        "holds no PEM private key (expected -----BEGIN PRIVATE KEY----- or an \
+                         RSA or EC key)",
+                    ));
                 }
                 Some((cert, key))
             }
@@ -115,19 +123,6 @@ impl fmt::Debug for TlsSettings {
             .field("client_certificate", &self.client.is_some())
             .finish()
     }
-}
-
-/// What a private key's value must hold.
-pub(crate) const NO_PRIVATE_KEY: &str =
-    "holds no PEM private key (expected -----BEGIN PRIVATE KEY----- or an RSA or EC key)";
-
-/// True if `pem` holds a private key. The parser's error could quote key
-/// material: it is never passed on.
-pub(crate) fn holds_private_key(pem: &str) -> bool {
-    matches!(
-        rustls_pemfile::private_key(&mut pem.as_bytes()),
-        Ok(Some(_))
-    )
 }
 
 /// PEM from a key holding it or a key naming a file (not both): the key,

@@ -67,18 +67,31 @@ pub(crate) struct LagRecorder {
 }
 
 impl LagRecorder {
-    /// Records what is known now; `None` leaves a figure as it was.
-    pub(crate) fn record(&self, pending: Option<u64>, unacked: Option<u64>) {
+    /// What a fetched message says is still pending after it. Kept for
+    /// health and the stop line only: the gauges take the consumer's own
+    /// counts (see [`LagRecorder::counts`]), so that nothing is exported
+    /// per message.
+    pub(crate) fn pending_after(&self, pending: u64) {
+        self.update(|lag| lag.pending = Some(pending));
+    }
+
+    /// The consumer's own counts, from its info: for health, the stop line
+    /// and the gauges.
+    pub(crate) fn counts(&self, pending: u64, unacked: u64) {
+        self.update(|lag| {
+            lag.pending = Some(pending);
+            lag.unacked = Some(unacked);
+        });
+        self.metrics.lag(pending, unacked);
+    }
+
+    fn update(&self, change: impl FnOnce(&mut Lag)) {
         let mut lags = lock(&self.counters.lags);
         // Looked up by reference: this runs for every message fetched.
-        let lag = match lags.get_mut(&self.label) {
-            Some(lag) => lag,
-            None => lags.entry(self.label.clone()).or_default(),
-        };
-        lag.pending = pending.or(lag.pending);
-        lag.unacked = unacked.or(lag.unacked);
-        drop(lags);
-        self.metrics.lag(pending, unacked);
+        match lags.get_mut(&self.label) {
+            Some(lag) => change(lag),
+            None => change(lags.entry(self.label.clone()).or_default()),
+        }
     }
 }
 

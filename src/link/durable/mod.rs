@@ -36,7 +36,7 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use async_nats::jetstream::consumer::pull;
-use async_nats::jetstream::consumer::{AckPolicy, PullConsumer};
+use async_nats::jetstream::consumer::{self, AckPolicy, PullConsumer};
 use async_nats::jetstream::context::GetStreamErrorKind;
 use async_nats::jetstream::stream;
 use async_nats::jetstream::{self, ErrorCode};
@@ -220,14 +220,17 @@ struct Progress {
 /// `None` if it failed or did not answer within [`API_TIMEOUT`].
 type LagCheck = std::pin::Pin<Box<dyn std::future::Future<Output = Option<(u64, u64)>> + Send>>;
 
+/// A consumer's pending and unacked counts, as its info gives them.
+fn counts_of(info: &consumer::Info) -> (u64, u64) {
+    let unacked = u64::try_from(info.num_ack_pending).unwrap_or(0);
+    (info.num_pending, unacked)
+}
+
 fn check_lag(mut consumer: PullConsumer) -> LagCheck {
     Box::pin(async move {
         let info = tokio::time::timeout(API_TIMEOUT, consumer.info()).await;
         match info {
-            Ok(Ok(info)) => Some((
-                info.num_pending,
-                u64::try_from(info.num_ack_pending).unwrap_or(0),
-            )),
+            Ok(Ok(info)) => Some(counts_of(info)),
             Ok(Err(err)) => {
                 debug!(error = %err, "consumer info for its lag failed");
                 None
@@ -359,13 +362,13 @@ impl ConsumerReader {
                 lag = lag_answer(&mut now.lag_check), if now.lag_check.is_some() => {
                     now.lag_check = None;
                     if let Some((pending, unacked)) = lag {
-                        self.lag.record(Some(pending), Some(unacked));
+                        self.lag.counts(pending, unacked);
                     }
                 }
                 next = next_message(&mut now.batch), if now.batch.is_some() => match (next, &now.bound) {
                     (Some(Ok(msg)), Some(found)) => {
                         if let Ok(info) = msg.info() {
-                            self.lag.record(Some(info.pending), None);
+                            self.lag.pending_after(info.pending);
                         }
                         feed.send(Box::new(FetchedMessage { msg, settle: Arc::clone(&found.settle) }));
                     }
@@ -406,11 +409,8 @@ impl ConsumerReader {
             Ok(found) => {
                 now.retry_at = None;
                 self.clear_problem();
-                let info = found.consumer.cached_info();
-                self.lag.record(
-                    Some(info.num_pending),
-                    Some(u64::try_from(info.num_ack_pending).unwrap_or(0)),
-                );
+                let (pending, unacked) = counts_of(found.consumer.cached_info());
+                self.lag.counts(pending, unacked);
                 now.lag_due = Some(Instant::now() + LAG_REFRESH);
                 now.bound = Some(found);
             }
