@@ -114,8 +114,14 @@ async fn run() -> anyhow::Result<()> {
     let host_shutdown = run_provider(provider.clone(), PROVIDER_NAME)
         .await
         .context("failed to start the provider")?;
-    // Now that the SDK listens for link puts: any the host sent before is
-    // found in the lattice's links.
+    // Before the SDK's command loop runs: from here on, link puts and
+    // deletes are applied in the order the host sent them.
+    provider
+        .follow_host_links()
+        .await
+        .context("failed to subscribe to the host's link puts and deletes")?;
+    // Now that the provider listens for link puts: any the host sent before
+    // is found in the lattice's links.
     provider.watch_lattice_links();
     let stopped = {
         let provider = provider.clone();

@@ -25,7 +25,7 @@ use std::time::Duration;
 use tokio::task::JoinHandle;
 use tokio::time::Instant;
 use tokio_util::task::TaskTracker;
-use tracing::{info, warn, Instrument as _};
+use tracing::{debug, info, warn, Instrument as _};
 
 pub(crate) use self::counters::LinkCounters;
 pub(crate) use self::invoke::Target;
@@ -43,9 +43,16 @@ use crate::connection::Lease;
 /// [`ACK_TIMEOUT`].
 const ABORT_GRACE: Duration = ACK_TIMEOUT.saturating_add(Duration::from_secs(1));
 
+/// How long a stopped link waits for its connection to write out what its
+/// sources left (the unsubscribes of their inboxes): a second is ample on
+/// a live connection, and a dead one has no server to tell.
+const UNSUBSCRIBE_FLUSH: Duration = Duration::from_secs(1);
+
 /// The longest a link's stop takes: the largest accepted `drain_timeout_ms`,
-/// then the abort grace.
-pub(crate) const LONGEST_STOP: Duration = MAX_DRAIN_TIMEOUT.saturating_add(ABORT_GRACE);
+/// then the abort grace, then the flush of its unsubscribes.
+pub(crate) const LONGEST_STOP: Duration = MAX_DRAIN_TIMEOUT
+    .saturating_add(ABORT_GRACE)
+    .saturating_add(UNSUBSCRIBE_FLUSH);
 
 /// A running handler link. Dropping it without [`stop`](Self::stop) aborts
 /// its sources without draining.
@@ -210,6 +217,17 @@ impl HandlerLink {
                     source.abort();
                 }
             }
+        }
+        // An open pull request ends with its inbox's unsubscribe, which
+        // the client would otherwise write with its next command: until the
+        // server has it, the request takes messages published after the
+        // stop, and they wait out their ack wait (a link put again at once
+        // would not see them for that long).
+        if tokio::time::timeout(UNSUBSCRIBE_FLUSH, self.connection.client().flush())
+            .await
+            .is_err()
+        {
+            debug!(link = %self.name, "connection did not flush the link's unsubscribes in time");
         }
         info!(link = %self.name, stats = self.counters.summary(), "handler link stopped");
     }

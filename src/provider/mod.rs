@@ -26,8 +26,10 @@ use crate::message::BrokerMessage;
 use crate::metrics::LinkMetrics;
 use crate::sync::{read, write};
 
+mod feed;
 mod reconcile;
 
+use self::feed::{Seen, SDK_GRACE};
 use self::reconcile::RecentDeletes;
 
 const WIT_NAMESPACE: &str = "wasmcloud";
@@ -48,16 +50,6 @@ impl LinkKey {
             link_name: link_name.to_string(),
         }
     }
-
-    /// A handler link: the provider is its source, the component its target.
-    fn handler(link: &LinkPut<'_>) -> Self {
-        Self::new(link.target_id, link.link_name)
-    }
-
-    /// A consumer link: the component is its source.
-    fn consumer(link: &LinkPut<'_>) -> Self {
-        Self::new(link.source_id, link.link_name)
-    }
 }
 
 impl fmt::Display for LinkKey {
@@ -66,42 +58,91 @@ impl fmt::Display for LinkKey {
     }
 }
 
-/// A link put as the provider reads it, from the host (the SDK's
-/// [`LinkConfig`]) or from the lattice's links (see [`reconcile`]).
-struct LinkPut<'a> {
-    source_id: &'a str,
-    target_id: &'a str,
-    link_name: &'a str,
+/// A link put as the provider reads it: from the SDK (start-up data, or
+/// its subscription), from its own subscription (see [`feed`]) or from the
+/// lattice's links (see [`reconcile`]).
+struct LinkPut {
+    source_id: String,
+    target_id: String,
+    link_name: String,
     /// The config of the provider's end of the link.
-    config: &'a HashMap<String, String>,
-    secrets: &'a HashMap<String, SecretValue>,
-    namespace: &'a str,
-    package: &'a str,
-    interfaces: &'a [String],
+    config: HashMap<String, String>,
+    secrets: HashMap<String, SecretValue>,
+    namespace: String,
+    package: String,
+    interfaces: Vec<String>,
 }
 
-impl<'a> From<&'a LinkConfig<'a>> for LinkPut<'a> {
-    fn from(link: &'a LinkConfig<'a>) -> Self {
+impl From<&LinkConfig<'_>> for LinkPut {
+    fn from(link: &LinkConfig<'_>) -> Self {
         let (namespace, package, interfaces) = link.wit_metadata;
         Self {
-            source_id: link.source_id,
-            target_id: link.target_id,
-            link_name: link.link_name,
-            config: link.config,
-            secrets: link.secrets,
-            namespace,
-            package,
-            interfaces,
+            source_id: link.source_id.to_string(),
+            target_id: link.target_id.to_string(),
+            link_name: link.link_name.to_string(),
+            config: link.config.clone(),
+            secrets: link.secrets.clone(),
+            namespace: namespace.clone(),
+            package: package.clone(),
+            interfaces: interfaces.clone(),
         }
     }
 }
 
-/// Where a link put comes from.
+impl LinkPut {
+    /// The link's key: the component at its other end, and its name.
+    fn key(&self, role: LinkRole) -> LinkKey {
+        match role {
+            LinkRole::Handler => LinkKey::new(&self.target_id, &self.link_name),
+            LinkRole::Consumer => LinkKey::new(&self.source_id, &self.link_name),
+        }
+    }
+}
+
+/// A put or delete of one link.
+struct LinkChange {
+    role: LinkRole,
+    key: LinkKey,
+    kind: ChangeKind,
+}
+
+enum ChangeKind {
+    /// Boxed: a delete is a few bytes, a put a few hundred.
+    Put(Box<LinkPut>),
+    Delete,
+    /// A put whose secrets could not be read, and why (naming no secret).
+    Unreadable(String),
+}
+
+impl LinkChange {
+    fn put(role: LinkRole, link: LinkPut) -> Self {
+        Self {
+            role,
+            key: link.key(role),
+            kind: ChangeKind::Put(Box::new(link)),
+        }
+    }
+
+    fn delete(role: LinkRole, key: LinkKey) -> Self {
+        Self {
+            role,
+            key,
+            kind: ChangeKind::Delete,
+        }
+    }
+}
+
+/// Who hands a link put or delete over, which says whether it is applied.
 #[derive(Clone, Copy)]
-enum PutOrigin {
-    /// The host sent it (start-up data or `linkdefs.put`): it replaces
-    /// whatever the provider holds for the link.
+enum Origin {
+    /// The provider's own subscription (see [`feed`]): in the order the
+    /// host sent them, so always applied.
     Host,
+    /// The SDK: the start-up data, or its subscriptions, which may hand a
+    /// put and a delete over in either order. Applied unless the
+    /// provider's own subscription has seen the link: what it saw is the
+    /// same message or a newer one.
+    Sdk,
     /// Found in the lattice's links, asked for at `asked_at` (see
     /// [`reconcile`]): applied only if the provider holds nothing for the
     /// link and the host did not delete it since, since any put or delete
@@ -110,17 +151,60 @@ enum PutOrigin {
 }
 
 impl MessagingProvider {
-    /// True if a put of `origin` is to be applied to the link of `role`
-    /// under `key` now; logs one that was missed.
-    fn applies(&self, origin: PutOrigin, role: LinkRole, key: &LinkKey) -> bool {
-        let PutOrigin::Lattice { asked_at } = origin else {
-            return true;
-        };
-        if self.holds(role, key) || self.state.deletes.deleted_since(role, key, asked_at) {
-            return false;
+    /// True if a put or delete from `origin` of the link of `role` under
+    /// `key` is not to be applied: a newer one settled the link.
+    fn superseded(&self, origin: Origin, role: LinkRole, key: &LinkKey) -> bool {
+        match origin {
+            Origin::Host => false,
+            Origin::Sdk => {
+                let seen = self.state.seen.contains(role, key);
+                if seen {
+                    debug!(link = %key, "link change from the SDK already taken in the host's order");
+                }
+                seen
+            }
+            Origin::Lattice { asked_at } => {
+                self.holds(role, key) || self.state.deletes.deleted_since(role, key, asked_at)
+            }
         }
-        info!(link = %key, "link missed while the provider was not listening; applying it as the lattice holds it");
-        true
+    }
+
+    /// Applies a put or delete from `origin`.
+    async fn apply(&self, change: LinkChange, origin: Origin) {
+        let LinkChange { role, key, kind } = change;
+        match (kind, role) {
+            (ChangeKind::Put(link), LinkRole::Handler) => {
+                self.put_handler_link(&link, key, origin).await;
+            }
+            (ChangeKind::Put(link), LinkRole::Consumer) => {
+                self.put_consumer_link(&link, key, origin).await;
+            }
+            (ChangeKind::Delete, LinkRole::Handler) => self.delete_handler_link(&key, origin).await,
+            (ChangeKind::Delete, LinkRole::Consumer) => self.delete_consumer_link(&key, origin),
+            (ChangeKind::Unreadable(reason), role) => {
+                if !self.superseded(origin, role, &key) {
+                    let result = Err(anyhow!("link {key} rejected: {reason}"));
+                    self.record_rejection(role, key, result);
+                }
+            }
+        }
+    }
+
+    /// Takes a put or delete the SDK handed over. Once the provider follows
+    /// the host's links itself, it is looked at [`SDK_GRACE`] later (see
+    /// [`feed`]). Runs outside the SDK's command loop either way.
+    fn take_from_sdk(&self, change: LinkChange) {
+        let grace = self.state.seen.following().then_some(SDK_GRACE);
+        let this = self.clone();
+        let stopping = self.state.stopping.clone();
+        self.state
+            .tasks
+            .spawn(stopping.run_until_cancelled_owned(async move {
+                if let Some(grace) = grace {
+                    tokio::time::sleep(grace).await;
+                }
+                this.apply(change, Origin::Sdk).await;
+            }));
     }
 }
 
@@ -144,6 +228,7 @@ impl Default for MessagingProvider {
                 rejected: RwLock::default(),
                 stopping: CancellationToken::new(),
                 deletes: RecentDeletes::default(),
+                seen: Seen::default(),
                 host_shutdown_done: CancellationToken::new(),
             }),
         }
@@ -173,6 +258,8 @@ struct State {
     /// Deletes the host sent lately, so that a link found in the lattice's
     /// links just before its delete is not brought back.
     deletes: RecentDeletes,
+    /// The links the provider's own subscription has seen (see [`feed`]).
+    seen: Seen,
     /// Cancelled once the host's shutdown call has drained everything.
     host_shutdown_done: CancellationToken,
 }
@@ -233,12 +320,12 @@ impl MessagingProvider {
     fn link_settings(
         &self,
         role: LinkRole,
-        link: &LinkPut<'_>,
+        link: &LinkPut,
         key: &LinkKey,
     ) -> anyhow::Result<LinkSettings> {
         let defaults = read(&self.state.defaults).clone();
         defaults
-            .settings_for(role, link.config, link.secrets)
+            .settings_for(role, &link.config, &link.secrets)
             .map_err(|err| anyhow!("link {key} rejected: {err}"))
     }
 
@@ -262,34 +349,26 @@ impl MessagingProvider {
             })
     }
 
-    /// Takes a handler link put: its settings are checked now (a bad one
-    /// is refused at once), and the link starts on the task tracker, so
-    /// that the host's other calls (health above all) are not held up
-    /// while it waits on NATS. Starts and deletes of handler links run one
-    /// at a time, in the order the host sent them.
-    fn put_handler_link(&self, link: &LinkPut<'_>, origin: PutOrigin) -> anyhow::Result<()> {
-        let key = LinkKey::handler(link);
-        check_interface(link, LinkRole::Handler.interface())?;
-        let settings = self.link_settings(LinkRole::Handler, link, &key)?;
-        let handler = &settings.handler;
-        if handler.subscriptions.is_empty() && !handler.durable.is_enabled() {
-            warn!(link = %key, "handler link has no subscriptions and no stream; it will deliver nothing");
+    /// Applies a handler link put. Starts and deletes of handler links run
+    /// one at a time, under `link_changes`: those from the provider's own
+    /// subscription in the order the host sent them.
+    async fn put_handler_link(&self, link: &LinkPut, key: LinkKey, origin: Origin) {
+        let _changes = self.state.link_changes.lock().await;
+        if self.state.tasks.is_closed() || self.superseded(origin, LinkRole::Handler, &key) {
+            return; // shutting down, or a newer put or delete settled the link
         }
-        let this = self.clone();
-        self.state.tasks.spawn(async move {
-            let _changes = this.state.link_changes.lock().await;
-            if this.state.tasks.is_closed() {
-                return; // the provider is shutting down
+        log_missed(origin, &key);
+        let result = async {
+            check_interface(link, LinkRole::Handler.interface())?;
+            let settings = self.link_settings(LinkRole::Handler, link, &key)?;
+            let handler = &settings.handler;
+            if handler.subscriptions.is_empty() && !handler.durable.is_enabled() {
+                warn!(link = %key, "handler link has no subscriptions and no stream; it will deliver nothing");
             }
-            // Every put and delete the host sent before has been handled
-            // (the lock is taken in order): one of them settled the link.
-            if !this.applies(origin, LinkRole::Handler, &key) {
-                return;
-            }
-            let result = this.start_handler_link(&key, settings).await;
-            this.record_rejection(LinkRole::Handler, key, result);
-        });
-        Ok(())
+            self.start_handler_link(&key, settings).await
+        }
+        .await;
+        self.record_rejection(LinkRole::Handler, key, result);
     }
 
     /// Starts a handler link. A link that replaces another starts first; the
@@ -358,51 +437,67 @@ impl MessagingProvider {
         }
     }
 
-    /// Settles a link put the provider answered: a refusal is kept for
-    /// health; a link taken is forgotten in the SDK's own table (see
-    /// [`forget_in_sdk`]).
-    fn settle_link_put(
-        &self,
-        role: LinkRole,
-        key: LinkKey,
-        link: &LinkPut<'_>,
-        result: anyhow::Result<()>,
-    ) -> anyhow::Result<()> {
-        let reply = match &result {
-            Ok(()) => {
-                forget_in_sdk(&self.state.tasks, link.source_id, link.target_id);
-                Ok(())
-            }
-            Err(err) => Err(anyhow!("{err:#}")),
-        };
-        self.record_rejection(role, key, result);
-        reply
+    /// Applies a consumer link put: the link is ready once its connection
+    /// is taken from the pool (bounded by its `connect_timeout_ms`).
+    async fn put_consumer_link(&self, link: &LinkPut, key: LinkKey, origin: Origin) {
+        // Checked before the connect too: a put settled already would open
+        // a connection only to close it.
+        if self.superseded(origin, LinkRole::Consumer, &key) {
+            return;
+        }
+        let result = async {
+            check_interface(link, LinkRole::Consumer.interface())?;
+            let settings = self.link_settings(LinkRole::Consumer, link, &key)?;
+            let connection = self.state.pool.acquire(&settings.connection).await?;
+            anyhow::Ok((settings, connection))
+        }
+        .await;
+        // A put or delete handled while this one waited on NATS is newer.
+        // (Checked and inserted without a yield in between.)
+        if self.superseded(origin, LinkRole::Consumer, &key) {
+            return;
+        }
+        log_missed(origin, &key);
+        let result = result.map(|(settings, connection)| {
+            let servers = connection.servers.clone();
+            let consumer = Arc::new(ConsumerLink {
+                connection,
+                settings: settings.consumer,
+                metrics: LinkMetrics::new(&key.component_id, &key.link_name),
+            });
+            // The replaced link's connection lease goes with it.
+            write(&self.state.consumers).insert(key.clone(), consumer);
+            info!(link = %key, servers, "consumer link ready");
+        });
+        self.record_rejection(LinkRole::Consumer, key, result);
     }
 
-    async fn start_consumer_link(
-        &self,
-        link: &LinkPut<'_>,
-        origin: PutOrigin,
-    ) -> anyhow::Result<()> {
-        let key = LinkKey::consumer(link);
-        check_interface(link, LinkRole::Consumer.interface())?;
-        let settings = self.link_settings(LinkRole::Consumer, link, &key)?;
-        let connection = self.state.pool.acquire(&settings.connection).await?;
-        let servers = connection.servers.clone();
-        let consumer = Arc::new(ConsumerLink {
-            connection,
-            settings: settings.consumer,
-            metrics: LinkMetrics::new(&key.component_id, &key.link_name),
-        });
-        // A put or delete the host sent while this one waited on NATS is
-        // newer. (Checked and inserted without a yield in between.)
-        if !self.applies(origin, LinkRole::Consumer, &key) {
-            return Ok(());
+    /// Applies a handler link delete: the link is removed at once and
+    /// drains in the background.
+    async fn delete_handler_link(&self, key: &LinkKey, origin: Origin) {
+        let changes = self.state.link_changes.lock().await;
+        if self.superseded(origin, LinkRole::Handler, key) {
+            return;
         }
-        // The replaced link's connection lease goes with it.
-        write(&self.state.consumers).insert(key.clone(), consumer);
-        info!(link = %key, servers, "consumer link ready");
-        Ok(())
+        self.state.deletes.record(LinkRole::Handler, key);
+        write(&self.state.rejected).remove(&(LinkRole::Handler, key.clone()));
+        let removed = write(&self.state.handlers).remove(key);
+        drop(changes);
+        if let Some(running) = removed {
+            info!(link = %key, "handler link deleted");
+            self.state.tasks.spawn(running.link.stop());
+        }
+    }
+
+    fn delete_consumer_link(&self, key: &LinkKey, origin: Origin) {
+        if self.superseded(origin, LinkRole::Consumer, key) {
+            return;
+        }
+        self.state.deletes.record(LinkRole::Consumer, key);
+        write(&self.state.rejected).remove(&(LinkRole::Consumer, key.clone()));
+        if write(&self.state.consumers).remove(key).is_some() {
+            info!(link = %key, "consumer link deleted");
+        }
     }
 
     /// True if the provider runs the link of `role` under `key`, or keeps
@@ -416,12 +511,19 @@ impl MessagingProvider {
     }
 }
 
+/// Logs a put from the lattice's links as it is applied.
+fn log_missed(origin: Origin, key: &LinkKey) {
+    if let Origin::Lattice { .. } = origin {
+        info!(link = %key, "link missed while the provider was not listening; applying it as the lattice holds it");
+    }
+}
+
 fn join(items: impl Iterator<Item = String>) -> String {
     items.collect::<Vec<_>>().join(",")
 }
 
 /// Refuses a link that is not for `wasmcloud:messaging/<interface>`.
-fn check_interface(link: &LinkPut<'_>, interface: &str) -> anyhow::Result<()> {
+fn check_interface(link: &LinkPut, interface: &str) -> anyhow::Result<()> {
     let LinkPut {
         namespace,
         package,
@@ -495,46 +597,26 @@ impl Provider for MessagingProvider {
     }
 
     async fn receive_link_config_as_source(&self, link: LinkConfig<'_>) -> anyhow::Result<()> {
-        let link = LinkPut::from(&link);
-        let result = self.put_handler_link(&link, PutOrigin::Host);
-        self.settle_link_put(LinkRole::Handler, LinkKey::handler(&link), &link, result)
+        forget_in_sdk(&self.state.tasks, link.source_id, link.target_id);
+        self.take_from_sdk(LinkChange::put(LinkRole::Handler, LinkPut::from(&link)));
+        Ok(())
     }
 
     async fn receive_link_config_as_target(&self, link: LinkConfig<'_>) -> anyhow::Result<()> {
-        let link = LinkPut::from(&link);
-        let result = self.start_consumer_link(&link, PutOrigin::Host).await;
-        self.settle_link_put(LinkRole::Consumer, LinkKey::consumer(&link), &link, result)
+        forget_in_sdk(&self.state.tasks, link.source_id, link.target_id);
+        self.take_from_sdk(LinkChange::put(LinkRole::Consumer, LinkPut::from(&link)));
+        Ok(())
     }
 
     async fn delete_link_as_source(&self, info: impl LinkDeleteInfo) -> anyhow::Result<()> {
         let key = LinkKey::new(info.get_target_id(), info.get_link_name());
-        self.state.deletes.record(LinkRole::Handler, &key);
-        // After any start of the link the host sent before (one still
-        // waiting on NATS would put the link back). The host is answered at
-        // once; the link drains in the background.
-        let this = self.clone();
-        self.state.tasks.spawn(async move {
-            let changes = this.state.link_changes.lock().await;
-            write(&this.state.rejected).remove(&(LinkRole::Handler, key.clone()));
-            let removed = write(&this.state.handlers).remove(&key);
-            drop(changes);
-            this.state.deletes.carried_out();
-            if let Some(running) = removed {
-                info!(link = %key, "handler link deleted");
-                running.link.stop().await;
-            }
-        });
+        self.take_from_sdk(LinkChange::delete(LinkRole::Handler, key));
         Ok(())
     }
 
     async fn delete_link_as_target(&self, info: impl LinkDeleteInfo) -> anyhow::Result<()> {
         let key = LinkKey::new(info.get_source_id(), info.get_link_name());
-        self.state.deletes.record(LinkRole::Consumer, &key);
-        write(&self.state.rejected).remove(&(LinkRole::Consumer, key.clone()));
-        if write(&self.state.consumers).remove(&key).is_some() {
-            info!(link = %key, "consumer link deleted");
-        }
-        self.state.deletes.carried_out();
+        self.take_from_sdk(LinkChange::delete(LinkRole::Consumer, key));
         Ok(())
     }
 
@@ -639,9 +721,10 @@ mod tests {
     use super::*;
 
     #[test]
-    fn shutdown_waits_65_seconds_at_most_as_the_readme_says() {
+    fn shutdown_waits_66_seconds_at_most_as_the_readme_says() {
         // README, "The host is always answered": the largest drain time,
-        // 3 s for the naks of what it aborted, 2 s to close connections.
-        assert_eq!(SHUTDOWN_TIMEOUT, Duration::from_secs(65));
+        // 3 s for the naks of what it aborted, 1 s to write out the
+        // unsubscribes, 2 s to close connections.
+        assert_eq!(SHUTDOWN_TIMEOUT, Duration::from_secs(66));
     }
 }

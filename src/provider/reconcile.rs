@@ -11,15 +11,15 @@
 //! with part of its settings; health names it until it is put again or
 //! deleted.
 
+use std::collections::HashMap;
 use std::sync::atomic::Ordering;
 use std::sync::Mutex;
 use std::time::{Duration, Instant};
 
 use tracing::{debug, error, info, warn};
-use wasmcloud_provider_sdk::core::secrets::SecretValue;
 use wasmcloud_provider_sdk::get_connection;
 
-use super::{LinkKey, LinkPut, MessagingProvider, PutOrigin};
+use super::{LinkChange, LinkKey, LinkPut, MessagingProvider, Origin};
 use crate::config::LinkRole;
 use crate::lattice::{secret_names, ControlInterface, LatticeError, StoredLink, CTL_TIMEOUT};
 use crate::sync::lock;
@@ -38,19 +38,10 @@ const RECONNECT_POLL: Duration = Duration::from_secs(2);
 /// lattice was asked is not brought back by that pass.
 const DELETE_MEMORY: Duration = CTL_TIMEOUT.saturating_mul(20);
 
-/// How long after a delete the lattice's links are looked at again: long
-/// enough for the host to have recorded the put that the delete overtook
-/// (a host records a put only after it publishes it), short enough that
-/// the link is back before a component notices much; [`SECOND_LOOK`]
-/// later they are looked at once more.
-const AFTER_DELETE: Duration = Duration::from_millis(250);
-
 /// Links the host deleted lately, with when.
 #[derive(Default)]
 pub(super) struct RecentDeletes {
     deletes: Mutex<Vec<(Instant, LinkRole, LinkKey)>>,
-    /// Told once a delete has been carried out.
-    done: tokio::sync::Notify,
 }
 
 impl RecentDeletes {
@@ -62,12 +53,6 @@ impl RecentDeletes {
         deletes.push((now, role, key.clone()));
     }
 
-    /// A delete has been carried out: the lattice's links are looked at
-    /// again (see [`MessagingProvider::watch_lattice_links`]).
-    pub(super) fn carried_out(&self) {
-        self.done.notify_one();
-    }
-
     /// True if the link was deleted at or after `since`.
     pub(super) fn deleted_since(&self, role: LinkRole, key: &LinkKey, since: Instant) -> bool {
         lock(&self.deletes)
@@ -77,18 +62,11 @@ impl RecentDeletes {
 }
 
 impl MessagingProvider {
-    /// Asks the lattice for the provider's links now (the SDK's link
-    /// subscriptions were sent before, on the same connection, so the server
-    /// has them once it routes this request), again [`SECOND_LOOK`] later,
-    /// after every reconnect of the lattice connection, and [`AFTER_DELETE`]
-    /// (then [`SECOND_LOOK`]) after a link delete, until shutdown.
-    ///
-    /// After a delete because the SDK receives puts and deletes on two
-    /// subscriptions and hands them over through a `select!` that takes
-    /// either first when both wait: a delete the host sent before a put of
-    /// the same link (wadm replacing a link whose config names changed)
-    /// can reach the provider after that put, and the link would be gone
-    /// while the host holds it. The host's links say what stands.
+    /// Asks the lattice for the provider's links now (the provider's own
+    /// link subscription was sent before, on the same connection, so the
+    /// server has it once it routes this request), again [`SECOND_LOOK`]
+    /// later, and after every reconnect of the lattice connection, until
+    /// shutdown.
     pub fn watch_lattice_links(&self) {
         let this = self.clone();
         self.state.tasks.spawn(async move {
@@ -108,22 +86,12 @@ impl MessagingProvider {
         self.reconcile_reporting(&mut last_problem).await;
         let mut poll = tokio::time::interval(RECONNECT_POLL);
         loop {
-            tokio::select! {
-                _ = poll.tick() => {
-                    let now = stats.connects.load(Ordering::Relaxed);
-                    if now != connects {
-                        connects = now;
-                        debug!("lattice connection re-established; asking for its links again");
-                        self.reconcile_reporting(&mut last_problem).await;
-                    }
-                }
-                () = self.state.deletes.done.notified() => {
-                    debug!("a link was deleted; asking the lattice which links stand");
-                    for wait in [AFTER_DELETE, SECOND_LOOK] {
-                        tokio::time::sleep(wait).await;
-                        self.reconcile_reporting(&mut last_problem).await;
-                    }
-                }
+            poll.tick().await;
+            let now = stats.connects.load(Ordering::Relaxed);
+            if now != connects {
+                connects = now;
+                debug!("lattice connection re-established; asking for its links again");
+                self.reconcile_reporting(&mut last_problem).await;
             }
         }
     }
@@ -194,28 +162,25 @@ impl MessagingProvider {
                     continue;
                 }
             };
-            let secrets = std::collections::HashMap::<String, SecretValue>::new();
-            let link_config = LinkPut {
-                source_id: &link.source_id,
-                target_id: &link.target,
-                link_name: &link.name,
-                config: &config,
-                secrets: &secrets,
-                namespace: &link.wit_namespace,
-                package: &link.wit_package,
-                interfaces: &link.interfaces,
+            let put = LinkPut {
+                source_id: link.source_id.clone(),
+                target_id: link.target.clone(),
+                link_name: link.name.clone(),
+                config,
+                secrets: HashMap::new(),
+                namespace: link.wit_namespace.clone(),
+                package: link.wit_package.clone(),
+                interfaces: link.interfaces.clone(),
             };
-            let origin = PutOrigin::Lattice { asked_at };
-            let result = if role == LinkRole::Handler {
-                self.put_handler_link(&link_config, origin)
-            } else {
-                self.start_consumer_link(&link_config, origin).await
-            };
-            if result.is_err() {
-                self.record_rejection(role, key, result);
-            }
+            // Each on its own: one waiting on its NATS does not hold up
+            // the rest of the pass.
+            let this = self.clone();
+            let origin = Origin::Lattice { asked_at };
+            self.state
+                .tasks
+                .spawn(async move { this.apply(LinkChange::put(role, put), origin).await });
         }
-        // Each missed link applied is logged as it is (see `applies`).
+        // Each missed link applied is logged as it is (see `log_missed`).
         info!(
             links = own,
             not_held = missed,

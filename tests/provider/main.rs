@@ -16,6 +16,7 @@ mod link;
 mod memory;
 mod metrics;
 mod missed;
+mod order;
 mod publish;
 mod request;
 mod security;

@@ -428,16 +428,22 @@ impl Provider {
             .await;
     }
 
-    /// Deletes a link and waits only until the provider has taken the
-    /// delete: a handler link may still be draining.
-    pub async fn start_link_delete(&self, link: &Link) {
-        let from = self.logs.line_count();
+    /// Sends a link delete as the host does, without waiting for the
+    /// provider.
+    pub async fn send_link_delete(&self, link: &Link) {
         let ld = link.definition(self);
         let subject = format!("wasmbus.rpc.{}.{}.linkdefs.del", self.lattice, self.key);
         self.client
             .publish(subject, serde_json::to_vec(&ld).expect("link json").into())
             .await
             .expect("publish link del");
+    }
+
+    /// Deletes a link and waits only until the provider has taken the
+    /// delete: a handler link may still be draining.
+    pub async fn start_link_delete(&self, link: &Link) {
+        let from = self.logs.line_count();
+        self.send_link_delete(link).await;
         let marker = link.log_marker();
         self.logs
             .wait_for(from, "confirming the delete", |l| {
