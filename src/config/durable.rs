@@ -10,8 +10,8 @@ use serde::Deserialize;
 
 use super::keys::{
     Key, ACK_WAIT_MS, BACKOFF_MS, CONSUMERS, DEAD_LETTER_SUBJECT, DELIVER_POLICY, DURABLE_NAME,
-    FILTER_SUBJECTS, MAX_DELIVER, START_SEQUENCE, START_TIME, STREAM, STREAM_STORAGE,
-    STREAM_SUBJECTS,
+    FILTER_SUBJECTS, MAX_DELIVER, PINNED_TTL_MS, PRIORITY_POLICY, START_SEQUENCE, START_TIME,
+    STREAM, STREAM_STORAGE, STREAM_SUBJECTS,
 };
 use super::values::Values;
 use super::{parse_patterns, ConfigError};
@@ -28,6 +28,8 @@ const NEEDS_STREAM: &[&Key] = &[
     &START_TIME,
     &ACK_WAIT_MS,
     &MAX_DELIVER,
+    &PRIORITY_POLICY,
+    &PINNED_TTL_MS,
 ];
 
 /// Longest name the server accepts for a stream or consumer.
@@ -90,6 +92,8 @@ pub(crate) struct ManagedConsumer {
     pub(crate) deliver_policy: DeliverPolicy,
     pub(crate) ack_wait: Duration,
     pub(crate) max_deliver: Option<i64>,
+    /// `Some` with `priority_policy=pinned_client`: the pin's time to live.
+    pub(crate) pinned_ttl: Option<Duration>,
     /// Create the stream with these settings when it does not exist.
     pub(crate) create_stream: Option<StreamSpec>,
 }
@@ -251,11 +255,32 @@ fn parse_managed(values: &Values<'_>) -> Result<ManagedConsumer, ConfigError> {
         deliver_policy: parse_deliver_policy(values)?,
         ack_wait: values.duration_or_default(&ACK_WAIT_MS)?,
         max_deliver,
+        pinned_ttl: parse_pinned_ttl(values)?,
         create_stream: (!stream_subjects.is_empty()).then_some(StreamSpec {
             subjects: stream_subjects,
             storage,
         }),
     })
+}
+
+/// The pin's time to live with `priority_policy=pinned_client`, `None`
+/// without a priority policy.
+fn parse_pinned_ttl(values: &Values<'_>) -> Result<Option<Duration>, ConfigError> {
+    match values.get(&PRIORITY_POLICY) {
+        None => match values.has(&PINNED_TTL_MS) {
+            true => Err(ConfigError::about(
+                PINNED_TTL_MS.name,
+                format!("is used only with {}=pinned_client", PRIORITY_POLICY.name),
+            )),
+            false => Ok(None),
+        },
+        Some("pinned_client") => Ok(Some(values.duration_or_default(&PINNED_TTL_MS)?)),
+        Some(other) => Err(ConfigError::new(
+            PRIORITY_POLICY.name,
+            other,
+            "expected pinned_client",
+        )),
+    }
 }
 
 fn parse_deliver_policy(values: &Values<'_>) -> Result<DeliverPolicy, ConfigError> {

@@ -60,11 +60,13 @@ pub(crate) enum Form {
         max: u64,
         default: Default,
     },
-    /// A duration in whole units (`unit`: milliseconds or seconds) from 1
-    /// to `max`: a zero timeout or interval is never what anybody means,
-    /// unless `zero_means_default` (then `0` is read as unset).
+    /// A duration in whole units (`unit`: milliseconds or seconds) from
+    /// `min` (at least 1) to `max`: a zero timeout or interval is never what
+    /// anybody means, unless `zero_means_default` (then `0` is read as
+    /// unset).
     Duration {
         unit: Unit,
+        min: u64,
         max: u64,
         default: Default,
         zero_means_default: bool,
@@ -122,6 +124,11 @@ macro_rules! key_table {
 /// longer than ten minutes is a job, not a message.
 const TEN_MINUTES_MS: u64 = 600_000;
 const ONE_MINUTE_MS: u64 = 60_000;
+
+/// The shortest `pinned_ttl_ms`: the instance holding the pin keeps it by
+/// asking for messages, which it does at least every 5 s while it has
+/// room; twice that leaves room for one slow round trip.
+const PINNED_TTL_MIN_MS: u64 = 10_000;
 
 /// The largest accepted `drain_timeout_ms`, which bounds a shutdown.
 pub(crate) const MAX_DRAIN_TIMEOUT: Duration = Duration::from_millis(ONE_MINUTE_MS);
@@ -276,6 +283,7 @@ key_table! {
         kind: Kind::Plain,
         form: Form::Duration {
             unit: Unit::Seconds,
+            min: 1,
             max: 3_600,
             default: Default::Unset("client default (60)"),
             zero_means_default: true,
@@ -293,6 +301,7 @@ key_table! {
         // for an unreachable server must not hold the others up for long.
         form: Form::Duration {
             unit: Unit::Millis,
+            min: 1,
             max: ONE_MINUTE_MS,
             default: Default::Value(2_000),
             zero_means_default: false,
@@ -321,6 +330,7 @@ key_table! {
         // The wRPC client's own default invocation timeout.
         form: Form::Duration {
             unit: Unit::Millis,
+            min: 1,
             max: TEN_MINUTES_MS,
             default: Default::Value(10_000),
             zero_means_default: false,
@@ -336,6 +346,7 @@ key_table! {
         // cut a provider shutdown shorter (see the README).
         form: Form::Duration {
             unit: Unit::Millis,
+            min: 1,
             max: ONE_MINUTE_MS,
             default: Default::Value(2_000),
             zero_means_default: false,
@@ -349,6 +360,7 @@ key_table! {
         kind: Kind::Plain,
         form: Form::Duration {
             unit: Unit::Millis,
+            min: 1,
             max: ONE_MINUTE_MS,
             default: Default::Value(5_000),
             zero_means_default: false,
@@ -362,6 +374,7 @@ key_table! {
         kind: Kind::Plain,
         form: Form::Duration {
             unit: Unit::Millis,
+            min: 1,
             max: TEN_MINUTES_MS,
             default: Default::Value(5_000),
             zero_means_default: false,
@@ -375,6 +388,7 @@ key_table! {
         kind: Kind::Plain,
         form: Form::Duration {
             unit: Unit::Millis,
+            min: 1,
             max: TEN_MINUTES_MS,
             default: Default::Value(60_000),
             zero_means_default: false,
@@ -489,6 +503,7 @@ key_table! {
         // The server's own default; at most half a day.
         form: Form::Duration {
             unit: Unit::Millis,
+            min: 1,
             max: 43_200_000,
             default: Default::Value(30_000),
             zero_means_default: false,
@@ -527,6 +542,29 @@ key_table! {
         form: Form::Text { default: "none" },
         table: Table::Durable,
         doc: "where a message goes after its last attempt failed; needs `max_deliver` (or a `consumers` consumer with one) and a stream that stores this subject; may not be matched by the link's `filter_subjects` or `stream_subjects` (dead letters would come back)",
+    };
+    PRIORITY_POLICY = Key {
+        name: "priority_policy",
+        links: Links::Handler,
+        kind: Kind::Plain,
+        form: Form::Text { default: "none" },
+        table: Table::Durable,
+        doc: "`pinned_client`: of all provider instances with this link (sharing its consumer), one at a time receives, so messages are handled in order across hosts; when it stops asking for messages for `pinned_ttl_ms` another takes over. Needs nats-server 2.11 or later (on an older server the consumer is not made and health names the server's version)",
+    };
+    PINNED_TTL_MS = Key {
+        name: "pinned_ttl_ms",
+        links: Links::Handler,
+        kind: Kind::Plain,
+        // The server's own default; at most an hour.
+        form: Form::Duration {
+            unit: Unit::Millis,
+            min: PINNED_TTL_MIN_MS,
+            max: 3_600_000,
+            default: Default::Value(120_000),
+            zero_means_default: false,
+        },
+        table: Table::Durable,
+        doc: "with `priority_policy=pinned_client`: how long the instance receiving may go without asking for messages before another takes over (it asks every 5 s while it has room). A handler that runs longer than this can lose the pin; set `ack_wait_ms` below it so that a message the lost instance held is redelivered before the next one",
     };
     CONSUMERS = Key {
         name: "consumers",

@@ -63,6 +63,7 @@ impl<'a> Values<'a> {
     pub(crate) fn duration(&self, key: &Key) -> Result<Option<Duration>, ConfigError> {
         let Form::Duration {
             unit,
+            min,
             max,
             default,
             zero_means_default,
@@ -76,7 +77,7 @@ impl<'a> Values<'a> {
                 Default::Value(n) => Some(unit.of(n)),
                 Default::Unset(_) => None,
             }),
-            Some(value) => parse_duration(key.name, value, max).map(|n| Some(unit.of(n))),
+            Some(value) => parse_duration(key.name, value, min, max).map(|n| Some(unit.of(n))),
         }
     }
 
@@ -100,7 +101,7 @@ impl<'a> Values<'a> {
             .split(',')
             .map(str::trim)
             .map(|entry| {
-                parse_duration(key.name, entry, max)
+                parse_duration(key.name, entry, 1, max)
                     .map(|n| unit.of(n))
                     .map_err(|_| {
                         ConfigError::new(
@@ -115,13 +116,13 @@ impl<'a> Values<'a> {
 }
 
 /// A whole number from 1 to `max`.
-fn parse_duration(key: &str, value: &str, max: u64) -> Result<u64, ConfigError> {
+fn parse_duration(key: &str, value: &str, min: u64, max: u64) -> Result<u64, ConfigError> {
     match value.parse::<u64>() {
-        Ok(n) if (1..=max).contains(&n) => Ok(n),
+        Ok(n) if (min..=max).contains(&n) => Ok(n),
         _ => Err(ConfigError::new(
             key,
             value,
-            format!("expected a whole number from 1 to {max}"),
+            format!("expected a whole number from {min} to {max}"),
         )),
     }
 }

@@ -25,6 +25,33 @@ const EXPIRY_MARGIN: Duration = Duration::from_secs(5);
 /// on a replicated consumer they wait for their replicas.
 const STRAGGLER_WAIT: Duration = Duration::from_secs(2);
 
+/// The header in which a server (2.11 on) names the pin id of a pinned
+/// consumer's messages.
+pub(crate) const PIN_ID_HEADER: &str = "Nats-Pin-Id";
+
+/// The status of a pull request whose pin id is no longer the consumer's
+/// (`423 Nats-Pin-Id mismatch`, `423 Nats-Wrong-Pin-Id`).
+const PIN_LOST: u16 = 423;
+
+/// The priority group a pull request of a pinned consumer names, and the
+/// pin id this instance holds, if any.
+pub(crate) struct PinnedPull<'a> {
+    pub(crate) group: &'a str,
+    pub(crate) pin: Option<&'a str>,
+}
+
+/// What a pull request asks for.
+pub(crate) struct Ask<'a> {
+    /// Most messages.
+    pub(crate) count: usize,
+    /// Most bytes (no bound when `None`).
+    pub(crate) max_bytes: Option<usize>,
+    /// How long the server holds the request.
+    pub(crate) expires: Duration,
+    /// A pinned consumer's group, and the pin if this instance holds it.
+    pub(crate) pinned: Option<PinnedPull<'a>>,
+}
+
 /// A pull request in progress; dropping it drops its inbox.
 pub(crate) struct Pull {
     subscriber: Subscriber,
@@ -35,27 +62,37 @@ pub(crate) struct Pull {
 }
 
 impl Pull {
-    /// Asks `consumer` for up to `count` messages and `max_bytes` bytes (no
-    /// bound when `None`), the server holding the request up to `expires`.
-    /// `api` is the JetStream API's subject prefix (`$JS.API`, or a
-    /// domain's); `context` is the one messages are acked through.
+    /// Asks `consumer` for what `ask` says. `api` is the JetStream API's
+    /// subject prefix (`$JS.API`, or a domain's); `context` is the one
+    /// messages are acked through.
     pub(crate) async fn start(
         client: &Client,
         api: &str,
         context: &jetstream::Context,
         consumer: &PullConsumer,
-        count: usize,
-        max_bytes: Option<usize>,
-        expires: Duration,
+        ask: Ask<'_>,
     ) -> Result<Self, async_nats::Error> {
+        let Ask {
+            count,
+            max_bytes,
+            expires,
+            pinned,
+        } = ask;
         let info = consumer.cached_info();
         let subject = format!("{api}.CONSUMER.MSG.NEXT.{}.{}", info.stream_name, info.name);
-        let request = serde_json::to_vec(&BatchConfig {
+        let mut request = serde_json::to_value(BatchConfig {
             batch: count,
             expires: Some(expires),
             max_bytes: max_bytes.unwrap_or(0),
             ..BatchConfig::default()
         })?;
+        if let Some(PinnedPull { group, pin }) = pinned {
+            request["group"] = group.into();
+            if let Some(pin) = pin {
+                request["id"] = pin.into();
+            }
+        }
+        let request = serde_json::to_vec(&request)?;
         let inbox = client.new_inbox();
         // Same connection: the server has the subscription before the
         // request, so nothing the request brings can miss it.
@@ -126,6 +163,13 @@ fn pending_header(message: &async_nats::Message) -> Option<usize> {
 pub(crate) struct PullError {
     status: u16,
     description: String,
+}
+
+impl PullError {
+    /// True when the consumer's pin went to another instance.
+    pub(crate) fn is_pin_lost(&self) -> bool {
+        self.status == PIN_LOST
+    }
 }
 
 impl std::fmt::Display for PullError {

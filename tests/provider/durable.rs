@@ -9,33 +9,9 @@ use futures::StreamExt as _;
 use nats_test_server::Proxy;
 
 use crate::support::{
-    consumer_info, create_stream, jetstream_lattice, Behaviour, Gate, Lattice, Link, NatsServer,
-    ProviderOptions, ServerExt as _, ServerOptions, WAIT,
+    consumer_info, create_stream, jetstream_lattice, js, publish_stored, Behaviour, Gate, Lattice,
+    Link, NatsServer, ProviderOptions, ServerExt as _, ServerOptions, WAIT,
 };
-
-fn js(lattice: &Lattice) -> jetstream::Context {
-    jetstream::new(lattice.client.clone())
-}
-
-/// Publishes bodies `0..n` through JetStream, each stored before the next.
-async fn publish_stored(js: &jetstream::Context, subject: &str, range: std::ops::Range<usize>) {
-    let mut acks = Vec::new();
-    for i in range {
-        acks.push(
-            js.publish(subject.to_string(), i.to_string().into())
-                .await
-                .expect("publish"),
-        );
-        if acks.len() == 256 {
-            for ack in acks.drain(..) {
-                ack.await.expect("stored");
-            }
-        }
-    }
-    for ack in acks {
-        ack.await.expect("stored");
-    }
-}
 
 /// The first message `stream` stores, waiting for it up to `within`.
 async fn first_stored(

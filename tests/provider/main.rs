@@ -17,6 +17,7 @@ mod memory;
 mod metrics;
 mod missed;
 mod order;
+mod pinned;
 mod publish;
 mod request;
 mod security;

@@ -80,6 +80,36 @@ pub async fn jetstream_lattice() -> Lattice {
     .await
 }
 
+/// The JetStream of the lattice's server.
+pub fn js(lattice: &Lattice) -> async_nats::jetstream::Context {
+    async_nats::jetstream::new(lattice.client.clone())
+}
+
+/// Publishes bodies `0..n` through JetStream, each stored before the next
+/// batch of 256 is sent.
+pub async fn publish_stored(
+    js: &async_nats::jetstream::Context,
+    subject: &str,
+    range: std::ops::Range<usize>,
+) {
+    let mut acks = Vec::new();
+    for i in range {
+        acks.push(
+            js.publish(subject.to_string(), i.to_string().into())
+                .await
+                .expect("publish"),
+        );
+        if acks.len() == 256 {
+            for ack in acks.drain(..) {
+                ack.await.expect("stored");
+            }
+        }
+    }
+    for ack in acks {
+        ack.await.expect("stored");
+    }
+}
+
 /// Creates stream `name` (file storage) on `subjects`.
 pub async fn create_stream(
     js: &async_nats::jetstream::Context,

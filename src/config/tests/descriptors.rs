@@ -9,6 +9,13 @@ fn with_context<'a>(key: &'a Key, value: &'a str) -> Vec<(&'a str, &'a str)> {
     if key.table == Table::Durable && key.name != STREAM.name {
         pairs.push((STREAM.name, "S"));
     }
+    if key.name == MAX_REQUEST_TIMEOUT_MS.name {
+        // The default request timeout may not exceed it.
+        pairs.push((REQUEST_TIMEOUT_MS.name, "1"));
+    }
+    if key.name == PINNED_TTL_MS.name {
+        pairs.push((PRIORITY_POLICY.name, "pinned_client"));
+    }
     if key.name == REQUEST_TIMEOUT_MS.name {
         // The default may not exceed the largest timeout a component asks for.
         pairs.push((MAX_REQUEST_TIMEOUT_MS.name, value));
@@ -25,27 +32,33 @@ fn parse(key: &Key, value: &str) -> Result<LinkSettings, ConfigError> {
 }
 
 #[test]
-fn every_duration_is_accepted_up_to_its_maximum_and_refused_above_it() {
+fn every_duration_is_accepted_within_its_range_only() {
     let mut checked = Vec::new();
     for key in ALL {
-        let (max, zero_means_default) = match key.form {
+        let (min, max, zero_means_default) = match key.form {
             Form::Duration {
+                min,
                 max,
                 zero_means_default,
                 ..
-            } => (max, zero_means_default),
-            Form::Durations { max, .. } => (max, false),
+            } => (min, max, zero_means_default),
+            Form::Durations { max, .. } => (1, max, false),
             Form::Text { .. } | Form::Count { .. } => continue,
         };
         let at_max = parse(key, &max.to_string());
         assert!(at_max.is_ok(), "{}={max}: {:?}", key.name, at_max.err());
-        for bad in [(max + 1).to_string(), "0".to_string()] {
+        let at_min = parse(key, &min.to_string());
+        assert!(at_min.is_ok(), "{}={min}: {:?}", key.name, at_min.err());
+        for bad in [(max + 1).to_string(), (min - 1).to_string()] {
             if zero_means_default && bad == "0" {
                 continue;
             }
             let err = parse(key, &bad).expect_err(&format!("{}={bad}", key.name));
             assert_eq!(err.key, key.name, "{err}");
-            assert!(err.to_string().contains(&format!("1 to {max}")), "{err}");
+            assert!(
+                err.to_string().contains(&format!("{min} to {max}")),
+                "{err}"
+            );
         }
         checked.push(key.name);
     }
@@ -61,6 +74,7 @@ fn every_duration_is_accepted_up_to_its_maximum_and_refused_above_it() {
             "max_request_timeout_ms",
             "ack_wait_ms",
             "backoff_ms",
+            "pinned_ttl_ms",
         ]
     );
 }
@@ -166,7 +180,8 @@ fn shown_range(key: &Key) -> Option<String> {
             zero_means_default: true,
             ..
         } => Some(format!("0..{max}")),
-        Form::Duration { max, .. } | Form::Durations { max, .. } => Some(format!("1..{max}")),
+        Form::Duration { min, max, .. } => Some(format!("{min}..{max}")),
+        Form::Durations { max, .. } => Some(format!("1..{max}")),
     }
 }
 

@@ -56,6 +56,7 @@ fn stream_alone_gives_one_managed_consumer_with_the_defaults() {
                     deliver_policy: DeliverPolicy::All,
                     ack_wait: Duration::from_secs(30),
                     max_deliver: None,
+                    pinned_ttl: None,
                     create_stream: None,
                 }),
                 max_messages: None,
@@ -622,4 +623,54 @@ fn a_consumers_entry_with_max_messages_zero_is_rejected() {
         CONSUMERS.name,
     );
     assert!(err.to_string().contains("max_messages"), "{err}");
+}
+
+#[test]
+fn pinned_client_gives_the_pin_its_ttl_with_the_servers_default() {
+    let settings = durable(&[
+        (STREAM.name, "ORDERS"),
+        (PRIORITY_POLICY.name, "pinned_client"),
+    ])
+    .expect("parses");
+    assert_eq!(
+        managed(&settings).pinned_ttl,
+        Some(Duration::from_secs(120))
+    );
+    let settings = durable(&[
+        (STREAM.name, "ORDERS"),
+        (PRIORITY_POLICY.name, "pinned_client"),
+        (PINNED_TTL_MS.name, "15000"),
+    ])
+    .expect("parses");
+    assert_eq!(managed(&settings).pinned_ttl, Some(Duration::from_secs(15)));
+}
+
+#[test]
+fn a_priority_policy_other_than_pinned_client_is_refused_naming_the_key() {
+    let err = rejected(
+        &[(STREAM.name, "ORDERS"), (PRIORITY_POLICY.name, "overflow")],
+        PRIORITY_POLICY.name,
+    );
+    assert!(err.to_string().contains("expected pinned_client"), "{err}");
+}
+
+#[test]
+fn a_pinned_ttl_below_ten_seconds_or_without_the_policy_is_refused() {
+    let err = rejected(
+        &[
+            (STREAM.name, "ORDERS"),
+            (PRIORITY_POLICY.name, "pinned_client"),
+            (PINNED_TTL_MS.name, "5000"),
+        ],
+        PINNED_TTL_MS.name,
+    );
+    assert!(err.to_string().contains("from 10000 to 3600000"), "{err}");
+    rejected(
+        &[(STREAM.name, "ORDERS"), (PINNED_TTL_MS.name, "20000")],
+        PINNED_TTL_MS.name,
+    );
+    rejected(
+        &[(PRIORITY_POLICY.name, "pinned_client")],
+        PRIORITY_POLICY.name,
+    );
 }

@@ -36,8 +36,9 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use async_nats::jetstream::consumer::pull;
-use async_nats::jetstream::consumer::{self, AckPolicy, PullConsumer};
+use async_nats::jetstream::consumer::{self, AckPolicy, IntoConsumerConfig as _, PullConsumer};
 use async_nats::jetstream::context::GetStreamErrorKind;
+use async_nats::jetstream::response::Response;
 use async_nats::jetstream::stream;
 use async_nats::jetstream::{self, ErrorCode};
 use futures::FutureExt as _;
@@ -50,7 +51,7 @@ use super::counters::LagRecorder;
 use super::dispatch::{Feed, Room};
 use super::drain::{sleep_until, Drain};
 use super::invoke::Target;
-use super::pull::Pull;
+use super::pull::{Ask, PinnedPull, Pull, PIN_ID_HEADER};
 use crate::config::{ConsumerSpec, DurableSettings, DurableSource, ManagedConsumer};
 use crate::connection::{jetstream_api, Lease};
 
@@ -77,6 +78,10 @@ const DEFAULT_FETCH_BYTES: usize = 8 * 1024 * 1024;
 /// per consumer): often enough for a dashboard or an autoscaler, rare
 /// enough for thousands of links.
 const LAG_REFRESH: Duration = Duration::from_secs(5);
+
+/// The priority group of a consumer with `priority_policy=pinned_client`:
+/// one group, since every instance of the link has the same keys.
+const PRIORITY_GROUP: &str = "wasmcloud";
 
 /// Why a JetStream consumer cannot be read now; health shows it.
 #[derive(Debug)]
@@ -119,6 +124,10 @@ pub(crate) enum DurableError {
     FilterSubjectsUnsupported {
         version: String,
     },
+    /// `priority_policy`, which a server before 2.11 ignores.
+    PriorityGroupsUnsupported {
+        version: String,
+    },
     Fetch {
         cause: String,
     },
@@ -133,6 +142,7 @@ impl DurableError {
             Self::PushConsumer { .. }
                 | Self::NotExplicitAck { .. }
                 | Self::FilterSubjectsUnsupported { .. }
+                | Self::PriorityGroupsUnsupported { .. }
         )
     }
 }
@@ -176,6 +186,11 @@ impl fmt::Display for DurableError {
                 "more than one of filter_subjects needs nats-server 2.10 or later; this server \
                  is {version}"
             ),
+            Self::PriorityGroupsUnsupported { version } => write!(
+                f,
+                "priority_policy=pinned_client needs nats-server 2.11 or later; this server is \
+                 {version}"
+            ),
             Self::Fetch { cause } => write!(f, "fetch failed: {cause}"),
         }
     }
@@ -202,6 +217,8 @@ pub(crate) struct ConsumerReader {
 struct BoundConsumer {
     consumer: PullConsumer,
     settle: Arc<SettleContext>,
+    /// The consumer hands messages to one pinned instance at a time.
+    pinned: bool,
 }
 
 /// Where a reader is: its consumer once bound, its open pull request, and
@@ -214,6 +231,9 @@ struct Progress {
     /// When to ask the consumer for its lag next, and the question open.
     lag_due: Option<Instant>,
     lag_check: Option<LagCheck>,
+    /// The pin id the server gave this instance (`Nats-Pin-Id`), sent with
+    /// each pull request while the server keeps it.
+    pin: Option<String>,
 }
 
 /// A consumer info request: the consumer's pending and unacked counts, or
@@ -370,7 +390,18 @@ impl ConsumerReader {
                         if let Ok(info) = msg.info() {
                             self.lag.pending_after(info.pending);
                         }
+                        if found.pinned {
+                            note_pin(&msg, &mut now.pin);
+                        }
                         feed.send(Box::new(FetchedMessage { msg, settle: Arc::clone(&found.settle) }));
+                    }
+                    (Some(Err(err)), _) if err.is_pin_lost() => {
+                        // Another instance holds the pin now: this one
+                        // asks again without one, and waits its turn.
+                        now.batch = None;
+                        if now.pin.take().is_some() {
+                            info!("another instance took over the pinned consumer; this one stands by");
+                        }
                     }
                     (Some(Err(err)), _) => {
                         now.batch = None;
@@ -432,7 +463,7 @@ impl ConsumerReader {
         let Some(count) = fetch_size(feed.room()) else {
             return ControlFlow::Continue(());
         };
-        let fetch = tokio::time::timeout(API_TIMEOUT, self.fetch(found, count));
+        let fetch = tokio::time::timeout(API_TIMEOUT, self.fetch(found, count, now.pin.as_deref()));
         let Some(result) = self.drain.unless_stopping(fetch).await else {
             return ControlFlow::Break(());
         };
@@ -502,14 +533,17 @@ impl ConsumerReader {
                     // A server before 2.10 ignores the field and would hand
                     // over the whole stream.
                     let version = self.connection.client().server_info().version;
-                    if !supports_filter_subjects(&version) {
+                    if !at_least(&version, (2, 10)) {
                         return Err(DurableError::FilterSubjectsUnsupported { version });
                     }
                 }
-                stream
-                    .create_consumer(consumer_config(&self.consumer_name, managed))
-                    .await
-                    .map_err(|err| self.consumer_error(err))?
+                match managed.pinned_ttl {
+                    Some(ttl) => self.create_pinned(&context, managed, ttl).await?,
+                    None => stream
+                        .create_consumer(consumer_config(&self.consumer_name, managed))
+                        .await
+                        .map_err(|err| self.consumer_error(err))?,
+                }
             }
             ConsumerSpec::Existing { name } => {
                 let info = stream
@@ -548,7 +582,59 @@ impl ConsumerReader {
         Ok(BoundConsumer {
             consumer,
             settle: Arc::new(settle),
+            pinned: matches!(
+                &self.source.consumer,
+                ConsumerSpec::Managed(ManagedConsumer {
+                    pinned_ttl: Some(_),
+                    ..
+                })
+            ),
         })
+    }
+
+    /// Creates (or updates) the consumer with a pinned-client priority
+    /// group, written by hand: async-nats 0.39, which wRPC pins, has no
+    /// priority fields, and its create would drop them again; a newer
+    /// async-nats beside it would build a second client into every
+    /// executable for three JSON fields and a header. A server before 2.11
+    /// ignores the fields; its consumer would hand messages to every
+    /// instance.
+    async fn create_pinned(
+        &self,
+        context: &jetstream::Context,
+        managed: &ManagedConsumer,
+        ttl: Duration,
+    ) -> Result<PullConsumer, DurableError> {
+        let version = self.connection.client().server_info().version;
+        if !at_least(&version, (2, 11)) {
+            return Err(DurableError::PriorityGroupsUnsupported { version });
+        }
+        let stream = &self.source.stream;
+        let name = &self.consumer_name;
+        let mut config =
+            serde_json::to_value(consumer_config(name, managed).into_consumer_config())
+                .map_err(|err| self.consumer_error(err))?;
+        config["priority_groups"] = serde_json::json!([PRIORITY_GROUP]);
+        config["priority_policy"] = "pinned_client".into();
+        config["priority_timeout"] = u64::try_from(ttl.as_nanos()).unwrap_or(u64::MAX).into();
+        let request = serde_json::json!({"stream_name": stream, "config": config, "action": ""});
+        let created: Response<serde_json::Value> = context
+            .request(format!("CONSUMER.CREATE.{stream}.{name}"), &request)
+            .await
+            .map_err(|err| self.consumer_error(err))?;
+        let info = match created {
+            Response::Ok(info) => info,
+            Response::Err { error } => return Err(self.consumer_error(error)),
+        };
+        // The server (or another in a cluster of mixed versions) ignored
+        // the fields.
+        if info["config"]["priority_policy"] != "pinned_client" {
+            return Err(DurableError::PriorityGroupsUnsupported { version });
+        }
+        context
+            .get_consumer_from_stream(name, stream)
+            .await
+            .map_err(|err| self.consumer_error(err))
     }
 
     /// The stream, created from the link's `stream_subjects` if missing.
@@ -617,7 +703,12 @@ impl ConsumerReader {
 
     /// Asks for `count` messages and the byte bound, waiting up to
     /// [`FETCH_EXPIRY`] for them.
-    async fn fetch(&self, found: &BoundConsumer, count: usize) -> Result<Pull, DurableError> {
+    async fn fetch(
+        &self,
+        found: &BoundConsumer,
+        count: usize,
+        pin: Option<&str>,
+    ) -> Result<Pull, DurableError> {
         let count = self.source.max_messages.map_or(count, |max| max.min(count));
         let bytes = self
             .source
@@ -628,9 +719,15 @@ impl ConsumerReader {
             &jetstream_api(self.policy.jetstream_domain.as_deref()),
             &found.settle.jetstream,
             &found.consumer,
-            count,
-            Some(bytes),
-            FETCH_EXPIRY,
+            Ask {
+                count,
+                max_bytes: Some(bytes),
+                expires: FETCH_EXPIRY,
+                pinned: found.pinned.then_some(PinnedPull {
+                    group: PRIORITY_GROUP,
+                    pin,
+                }),
+            },
         )
         .await
         .map_err(|err| DurableError::Fetch {
@@ -653,13 +750,29 @@ fn fetch_size(room: Room) -> Option<usize> {
     (wanted > 0 && (held == 0 || wanted >= could.div_ceil(2))).then_some(wanted)
 }
 
-/// True for a server version (`2.10.4`) from 2.10 on; an unreadable one
-/// is taken as new enough, and the server itself then decides.
-fn supports_filter_subjects(version: &str) -> bool {
+/// True for a server version (`2.10.4`) from `major.minor` on; an
+/// unreadable one is taken as new enough, and the server itself then
+/// decides.
+fn at_least(version: &str, (major, minor): (u64, u64)) -> bool {
     let mut parts = version.split('.').map(|p| p.parse::<u64>());
     match (parts.next(), parts.next()) {
-        (Some(Ok(major)), Some(Ok(minor))) => (major, minor) >= (2, 10),
+        (Some(Ok(has_major)), Some(Ok(has_minor))) => (has_major, has_minor) >= (major, minor),
         _ => true,
+    }
+}
+
+/// Keeps the pin id the server sent with a message of a pinned consumer.
+fn note_pin(msg: &jetstream::Message, pin: &mut Option<String>) {
+    let Some(id) = msg
+        .headers
+        .as_ref()
+        .and_then(|headers| headers.get(PIN_ID_HEADER))
+    else {
+        return;
+    };
+    if pin.as_deref() != Some(id.as_str()) {
+        info!("this instance holds the pinned consumer now");
+        *pin = Some(id.to_string());
     }
 }
 
@@ -732,6 +845,9 @@ mod tests {
             DurableError::FilterSubjectsUnsupported {
                 version: "2.9.10".into(),
             },
+            DurableError::PriorityGroupsUnsupported {
+                version: "2.10.29".into(),
+            },
             DurableError::Fetch { cause: cause() },
         ];
         let texts: Vec<String> = problems.iter().map(ToString::to_string).collect();
@@ -739,11 +855,13 @@ mod tests {
     }
 
     #[test]
-    fn filter_subjects_need_server_2_10() {
-        assert!(!supports_filter_subjects("2.9.10"));
-        assert!(supports_filter_subjects("2.10.0"));
-        assert!(supports_filter_subjects("3.0.1"));
-        assert!(supports_filter_subjects("2.11.0-beta"));
+    fn server_versions_compare_by_major_and_minor() {
+        assert!(!at_least("2.9.10", (2, 10)));
+        assert!(at_least("2.10.0", (2, 10)));
+        assert!(at_least("3.0.1", (2, 10)));
+        assert!(at_least("2.11.0-beta", (2, 10)));
+        assert!(!at_least("2.10.29", (2, 11)));
+        assert!(at_least("2.15.1", (2, 11)));
     }
 
     fn room(free: usize, held: usize) -> Room {
