@@ -1,7 +1,9 @@
 //! Authentication to NATS servers that require it, per link: user/password,
 //! token, nkey, JWT + seed and `.creds` files against a server in operator
-//! mode, and TLS with a CA and client certificates made by the test.
+//! mode (with a user revoked while a durable link delivers), and TLS with a
+//! CA and client certificates made by the test.
 
+use std::collections::BTreeMap;
 use std::path::Path;
 use std::time::{Duration, Instant};
 
@@ -9,7 +11,8 @@ use crate::support::credentials::{
     authenticated_connections, CertFiles, Operator, ServerConnection, TestPki,
 };
 use crate::support::{
-    message, next_message, round_trip, Behaviour, Lattice, Link, NatsServer, ServerExt as _, WAIT,
+    create_stream, message, next_message, publish_stored, round_trip, Behaviour, Lattice, Link,
+    NatsServer, ServerExt as _, ServerOptions, WAIT,
 };
 
 /// Name the provider's connections carry in the server's connection list.
@@ -616,4 +619,89 @@ async fn client_certificate_of_another_ca_fails_that_link_only_and_key_is_never_
         names_server_error(data.port()),
     )
     .await;
+}
+
+#[tokio::test]
+async fn a_user_revoked_while_a_durable_link_delivers_is_replaced_by_the_rotated_file_and_nothing_is_lost(
+) {
+    const COUNT: usize = 300;
+    let lattice = Lattice::start().await;
+    let operator = Operator::new("op");
+    let mut data = NatsServer::with(ServerOptions {
+        jetstream: true,
+        config: operator.server_config(),
+        ..ServerOptions::default()
+    });
+    let admin = operator.user("admin").client(&data).await;
+    let js = async_nats::jetstream::new(admin);
+    create_stream(&js, "WORK", &["work.>"]).await;
+    let dir = tempfile::tempdir().unwrap();
+    let creds = dir.path().join("provider.creds");
+    let (revoked, rotated) = (operator.user("revoked"), operator.user("rotated"));
+    revoked.write_creds(&creds);
+    let provider = lattice.provider(&[]).await;
+    let mut component = lattice
+        .component("worker", Behaviour::slow(Duration::from_millis(10)))
+        .await;
+    let link = Link::handler(
+        "worker",
+        &[
+            ("cluster_uris", &data.url()),
+            ("credentials_file", creds.to_str().unwrap()),
+            ("stream", "WORK"),
+            ("max_in_flight", "4"),
+            ("ack_wait_ms", "2000"),
+        ],
+    );
+    provider.put_link(&link).await;
+    publish_stored(&js, "work.item", 0..COUNT).await;
+    let mut seen: BTreeMap<bytes::Bytes, usize> = BTreeMap::new();
+    for _ in 0..COUNT / 4 {
+        *seen.entry(component.next().await.message.body).or_default() += 1;
+    }
+    let before = provider_connection(&data).await;
+
+    // The file is rotated, then the account revokes the old user: the
+    // server drops its connection at once (no restart).
+    rotated.write_creds(&creds);
+    data.reload_with_config(&operator.server_config_revoking(&revoked));
+
+    let deadline = Instant::now() + Duration::from_secs(60);
+    while seen.len() < COUNT {
+        let left = deadline.saturating_duration_since(Instant::now());
+        let Ok(Some(got)) = tokio::time::timeout(left, component.next_opt()).await else {
+            panic!("{} of {COUNT} handled after the revocation", seen.len());
+        };
+        *seen.entry(got.message.body).or_default() += 1;
+    }
+    let after = provider_connection(&data).await;
+    assert_eq!(before.authorized_user, revoked.public_key());
+    assert_eq!(after.authorized_user, rotated.public_key());
+    // The server closed the provider's connection for the revocation.
+    let closed = data.monitor("/connz?state=closed&auth=1");
+    let revoked_closed = closed["connections"]
+        .as_array()
+        .into_iter()
+        .flatten()
+        .filter(|c| {
+            c["name"] == PROVIDER_CONNECTION
+                && c["authorized_user"] == revoked.public_key().as_str()
+                && c["reason"] == "Credentials Revoked"
+        })
+        .count();
+    assert_eq!(revoked_closed, 1, "{closed}");
+    let expected: Vec<bytes::Bytes> = (0..COUNT).map(|i| i.to_string().into()).collect();
+    assert_eq!(
+        seen.keys().cloned().collect::<Vec<_>>().len(),
+        expected.len()
+    );
+    assert!(expected.iter().all(|body| seen.contains_key(body)));
+    let twice: usize = seen.values().map(|n| n - 1).sum();
+    println!("all {COUNT} handled; {twice} handled twice across the revocation");
+    // Only what was in flight when the connection went can come twice.
+    assert!(twice <= 8, "{twice} handled twice");
+    assert_no_secret_logged(
+        &provider.logs.lines(),
+        &[&revoked.jwt, &revoked.seed(), &rotated.jwt, &rotated.seed()],
+    );
 }

@@ -64,6 +64,9 @@ pub struct NatsServer {
     dir: tempfile::TempDir,
     child: Option<Child>,
     starts: usize,
+    /// The ports the config file names (`-1` before the first start): a
+    /// reload must not change them.
+    config_ports: (i32, i32),
 }
 
 impl NatsServer {
@@ -96,6 +99,7 @@ impl NatsServer {
                 .expect("temp dir for nats-server"),
             child: None,
             starts: 0,
+            config_ports: (-1, -1),
         };
         server.run();
         server
@@ -207,6 +211,38 @@ impl NatsServer {
         self.dir.path().join(format!("nats-{}.log", self.starts))
     }
 
+    /// Changes the server's extra config lines and has the running server
+    /// reload its config (SIGHUP), as an operator does to change accounts
+    /// or users without a restart; returns once the server says it
+    /// reloaded.
+    pub fn reload_with_config(&mut self, config: &str) {
+        self.options.config = config.to_string();
+        self.write_config();
+        let pid = self.child.as_ref().expect("a running server").id();
+        let log = self.log_path();
+        let before = std::fs::read_to_string(&log).unwrap_or_default().len();
+        let _ = Command::new("kill")
+            .args(["-HUP", &pid.to_string()])
+            .status();
+        let deadline = Instant::now() + START_TIMEOUT;
+        loop {
+            let text = std::fs::read_to_string(&log).unwrap_or_default();
+            let new = text.get(before..).unwrap_or_default();
+            if new.contains("Reloaded server configuration") {
+                return;
+            }
+            assert!(
+                !new.contains("[ERR]"),
+                "nats-server refused the reload:\n{new}"
+            );
+            assert!(
+                Instant::now() < deadline,
+                "nats-server did not reload within {START_TIMEOUT:?}:\n{new}"
+            );
+            std::thread::sleep(Duration::from_millis(10));
+        }
+    }
+
     fn run(&mut self) {
         self.starts += 1;
         let port = if self.port == 0 {
@@ -219,24 +255,8 @@ impl NatsServer {
         } else {
             i32::from(self.monitor_port)
         };
-        let mut config = format!(
-            "host: 127.0.0.1\nport: {port}\nhttp_port: {monitor}\n{}\n",
-            self.options.config
-        );
-        if self.options.jetstream {
-            let store = self.dir.path().join("jetstream");
-            let domain = self
-                .options
-                .jetstream_domain
-                .as_ref()
-                .map(|domain| format!(", domain: {domain:?}"))
-                .unwrap_or_default();
-            config.push_str(&format!("jetstream {{ store_dir: {store:?}{domain} }}\n"));
-        }
-        if let Some(cluster) = &self.cluster {
-            config.push_str(cluster);
-        }
-        std::fs::write(self.config_path(), config).expect("write nats-server config");
+        self.config_ports = (port, monitor);
+        self.write_config();
         let log = self.log_path();
         let child = Command::new(server_binary())
             .arg("-c")
@@ -262,6 +282,29 @@ impl NatsServer {
             .unwrap_or_else(|| panic!("no monitoring port in the nats-server log:\n{text}"));
     }
 
+    /// Writes the config file for the ports of the last start.
+    fn write_config(&self) {
+        let (port, monitor) = self.config_ports;
+        let mut config = format!(
+            "host: 127.0.0.1\nport: {port}\nhttp_port: {monitor}\n{}\n",
+            self.options.config
+        );
+        if self.options.jetstream {
+            let store = self.dir.path().join("jetstream");
+            let domain = self
+                .options
+                .jetstream_domain
+                .as_ref()
+                .map(|domain| format!(", domain: {domain:?}"))
+                .unwrap_or_default();
+            config.push_str(&format!("jetstream {{ store_dir: {store:?}{domain} }}\n"));
+        }
+        if let Some(cluster) = &self.cluster {
+            config.push_str(cluster);
+        }
+        std::fs::write(self.config_path(), config).expect("write nats-server config");
+    }
+
     /// Waits for "Server is ready" in the log and returns the log.
     fn wait_ready(&mut self, log: &Path) -> String {
         let deadline = Instant::now() + START_TIMEOUT;
@@ -279,6 +322,11 @@ impl NatsServer {
             );
             std::thread::sleep(Duration::from_millis(10));
         }
+    }
+
+    /// What the server has logged since its last start.
+    pub fn log(&self) -> String {
+        std::fs::read_to_string(self.log_path()).unwrap_or_default()
     }
 
     /// A monitoring document (`/connz?subs=1`, `/varz`, ...) as JSON.

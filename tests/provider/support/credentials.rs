@@ -121,47 +121,49 @@ impl Account {
     }
 }
 
-/// A NATS operator (decentralised auth) with one account.
+/// A NATS operator (decentralised auth) with one account, and the
+/// system account that JetStream in operator mode needs.
 pub struct Operator {
+    key: KeyPair,
     pub jwt: String,
     pub account: Account,
+    system: Account,
 }
 
 impl Operator {
-    /// A new operator, self-signed, and an account it issued.
+    /// A new operator, self-signed, and the accounts it issued.
     pub fn new(name: &str) -> Self {
         let key = KeyPair::new_operator();
+        let system_key = KeyPair::new_account();
         let jwt = encode_jwt(
             &key,
             &key.public_key(),
             name,
-            json!({ "type": "operator", "version": 2 }),
-        );
-        let account_key = KeyPair::new_account();
-        let account_jwt = encode_jwt(
-            &key,
-            &account_key.public_key(),
-            &format!("{name}-account"),
             json!({
-                "limits": {
-                    "subs": -1,
-                    "data": -1,
-                    "payload": -1,
-                    "imports": -1,
-                    "exports": -1,
-                    "wildcards": true,
-                    "conn": -1,
-                    "leaf": -1,
-                },
-                "type": "account",
+                "system_account": system_key.public_key(),
+                "type": "operator",
                 "version": 2,
             }),
         );
+        let account_key = KeyPair::new_account();
+        let account_jwt = account_jwt(&key, &account_key, name, json!({}));
+        // Without JetStream, which a system account may not have.
+        let system_jwt = encode_jwt(
+            &key,
+            &system_key.public_key(),
+            "SYS",
+            json!({ "type": "account", "version": 2 }),
+        );
         Self {
+            key,
             jwt,
             account: Account {
                 key: account_key,
                 jwt: account_jwt,
+            },
+            system: Account {
+                key: system_key,
+                jwt: system_jwt,
             },
         }
     }
@@ -174,13 +176,64 @@ impl Operator {
     /// nats-server config lines for operator mode with a memory resolver
     /// that knows the account.
     pub fn server_config(&self) -> String {
+        self.config_with_account(&self.account.jwt)
+    }
+
+    /// The same config, with the account's JWT issued again revoking
+    /// `user`: the server drops its connections and refuses it from then
+    /// on.
+    pub fn server_config_revoking(&self, user: &User) -> String {
+        let revoked = account_jwt(
+            &self.key,
+            &self.account.key,
+            "op",
+            json!({ user.public_key(): now() }),
+        );
+        self.config_with_account(&revoked)
+    }
+
+    fn config_with_account(&self, account_jwt: &str) -> String {
         format!(
-            "operator: {}\nresolver: MEMORY\nresolver_preload: {{\n  {}: {}\n}}\n",
+            "operator: {}\nsystem_account: {}\nresolver: MEMORY\nresolver_preload: {{\n  \
+             {}: {}\n  {}: {}\n}}\n",
             self.jwt,
+            self.system.public_key(),
             self.account.public_key(),
-            self.account.jwt
+            account_jwt,
+            self.system.public_key(),
+            self.system.jwt
         )
     }
+}
+
+/// An account JWT without limits (JetStream included), revoking the users
+/// in `revocations` (public key: the time before which their JWTs are no
+/// longer valid).
+fn account_jwt(operator: &KeyPair, account: &KeyPair, name: &str, revocations: Value) -> String {
+    encode_jwt(
+        operator,
+        &account.public_key(),
+        &format!("{name}-account"),
+        json!({
+            "limits": {
+                "subs": -1,
+                "data": -1,
+                "payload": -1,
+                "imports": -1,
+                "exports": -1,
+                "wildcards": true,
+                "conn": -1,
+                "leaf": -1,
+                "mem_storage": -1,
+                "disk_storage": -1,
+                "streams": -1,
+                "consumer": -1,
+            },
+            "revocations": revocations,
+            "type": "account",
+            "version": 2,
+        }),
+    )
 }
 
 /// A connection as the server's monitoring endpoint (`/connz?auth=1`)
