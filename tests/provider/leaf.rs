@@ -8,7 +8,9 @@ use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use crate::at_least_once::{more_than_once, publish_all, stored};
-use crate::support::{replicated_orders, Behaviour, Lattice, LeafTopology, Link, HUB_DOMAIN, WAIT};
+use crate::support::{
+    replicated_orders, Behaviour, Gate, Lattice, LeafTopology, Link, HUB_DOMAIN, WAIT,
+};
 
 /// Handler calls at once on the durable link.
 const MAX_IN_FLIGHT: usize = 16;
@@ -60,11 +62,22 @@ async fn through_a_leaf_node_nothing_answered_ok_is_lost_when_the_leaf_is_cut_of
     let js = replicated_orders(&topology.hub_urls()).await;
     let lattice = Lattice::start().await;
     let provider = lattice.provider(&[]).await;
-    // Slow enough that deliveries are under way when the cut comes: the
-    // first thousand take about 3 s to handle (50 ms each, MAX_IN_FLIGHT
-    // at once), well over what publishing them takes.
+    // Deliveries are under way when the cut comes: calls wait at the gate
+    // until nine tenths of the first thousand are published, and the
+    // thousand take at least 3 s to handle (50 ms each, MAX_IN_FLIGHT at
+    // once), far longer than the last tenth takes to publish. (Without the
+    // gate, a loaded machine published so slowly that all were handled
+    // before the cut once.)
+    let gate = Gate::closed();
     let mut worker = lattice
-        .component("worker", Behaviour::slow(Duration::from_millis(50)))
+        .component(
+            "worker",
+            Behaviour {
+                delay: Duration::from_millis(50),
+                gate: Some(gate.clone()),
+                ..Behaviour::default()
+            },
+        )
         .await;
     provider
         .put_link(&durable_link(&topology, Some(HUB_DOMAIN)))
@@ -82,7 +95,12 @@ async fn through_a_leaf_node_nothing_answered_ok_is_lost_when_the_leaf_is_cut_of
         .await;
     provider.wait_healthy(WAIT).await;
     let caller = Arc::new(worker.caller(&provider.key).await);
-    let mut published = publish_all(Arc::clone(&caller), 0..BEFORE, 8, |_| {}).await;
+    let mut published = publish_all(Arc::clone(&caller), 0..BEFORE, 8, move |i| {
+        if i == BEFORE * 9 / 10 {
+            gate.open();
+        }
+    })
+    .await;
     let handled_at_cut = worker.handled();
 
     // Cut mid-traffic: deliveries are running, and publishes go on.
