@@ -29,7 +29,7 @@ use wasmcloud_provider_sdk::core::secrets::SecretValue;
 use wasmcloud_provider_sdk::core::InterfaceLinkDefinition;
 use wasmcloud_provider_sdk::get_connection;
 
-use super::{ChangeKind, LinkChange, LinkKey, LinkPut, MessagingProvider, Origin};
+use super::{role_of, ChangeKind, LinkChange, LinkKey, LinkPut, MessagingProvider, Origin};
 use crate::config::LinkRole;
 use crate::sync::lock;
 
@@ -176,11 +176,7 @@ fn read_link_message(
             return None;
         }
     };
-    let role = if link.source_id == provider_key {
-        LinkRole::Handler
-    } else if link.target == provider_key {
-        LinkRole::Consumer
-    } else {
+    let Some(role) = role_of(provider_key, &link.source_id, &link.target) else {
         warn!(%subject, source = %link.source_id, target = %link.target, "link message names neither end as this provider; ignored");
         return None;
     };

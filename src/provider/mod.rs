@@ -50,6 +50,15 @@ impl LinkKey {
             link_name: link_name.to_string(),
         }
     }
+
+    /// The key of the link named `link_name` from `source_id` to `target`,
+    /// of which the provider is the `role` end: the component is the other.
+    fn at(role: LinkRole, source_id: &str, target: &str, link_name: &str) -> Self {
+        match role {
+            LinkRole::Handler => Self::new(target, link_name),
+            LinkRole::Consumer => Self::new(source_id, link_name),
+        }
+    }
 }
 
 impl fmt::Display for LinkKey {
@@ -92,10 +101,19 @@ impl From<&LinkConfig<'_>> for LinkPut {
 impl LinkPut {
     /// The link's key: the component at its other end, and its name.
     fn key(&self, role: LinkRole) -> LinkKey {
-        match role {
-            LinkRole::Handler => LinkKey::new(&self.target_id, &self.link_name),
-            LinkRole::Consumer => LinkKey::new(&self.source_id, &self.link_name),
-        }
+        LinkKey::at(role, &self.source_id, &self.target_id, &self.link_name)
+    }
+}
+
+/// Which end of a link from `source_id` to `target` the provider
+/// `provider_id` is, if either.
+fn role_of(provider_id: &str, source_id: &str, target: &str) -> Option<LinkRole> {
+    if source_id == provider_id {
+        Some(LinkRole::Handler)
+    } else if target == provider_id {
+        Some(LinkRole::Consumer)
+    } else {
+        None
     }
 }
 

@@ -19,9 +19,9 @@ use std::time::{Duration, Instant};
 use tracing::{debug, error, info, warn};
 use wasmcloud_provider_sdk::get_connection;
 
-use super::{LinkChange, LinkKey, LinkPut, MessagingProvider, Origin};
+use super::{role_of, LinkChange, LinkKey, LinkPut, MessagingProvider, Origin};
 use crate::config::LinkRole;
-use crate::lattice::{secret_names, ControlInterface, LatticeError, StoredLink, CTL_TIMEOUT};
+use crate::lattice::{secret_names, ControlInterface, LatticeError, CTL_TIMEOUT};
 use crate::sync::lock;
 use crate::sync::write;
 
@@ -127,9 +127,10 @@ impl MessagingProvider {
         let links = ctl.links().await?;
         let (mut own, mut missed) = (0, 0);
         for link in &links {
-            let Some((role, key)) = end_of(link, provider_id) else {
+            let Some(role) = role_of(provider_id, &link.source_id, &link.target) else {
                 continue;
             };
+            let key = LinkKey::at(role, &link.source_id, &link.target, &link.name);
             own += 1;
             if asked_at.elapsed() > DELETE_MEMORY / 2 {
                 // Deletes from before this pass are being forgotten: the
@@ -195,18 +196,4 @@ enum Pass {
     Done,
     /// It ran so long that the lattice's answer is stale.
     Stale,
-}
-
-/// Which end of `link` this provider is, and the link's key, if it is one.
-fn end_of(link: &StoredLink, provider_id: &str) -> Option<(LinkRole, LinkKey)> {
-    if link.source_id == provider_id {
-        Some((LinkRole::Handler, LinkKey::new(&link.target, &link.name)))
-    } else if link.target == provider_id {
-        Some((
-            LinkRole::Consumer,
-            LinkKey::new(&link.source_id, &link.name),
-        ))
-    } else {
-        None
-    }
 }
