@@ -20,6 +20,7 @@ mod lattice;
 mod link;
 mod message;
 mod metrics;
+pub mod observability;
 mod provider;
 #[cfg(test)]
 mod readme;

@@ -4,7 +4,7 @@ use std::time::Duration;
 
 use anyhow::Context as _;
 use futures::StreamExt as _;
-use messaging_nats::{bindings, host_data, MessagingProvider};
+use messaging_nats::{bindings, host_data, observability, MessagingProvider};
 use tracing::{info, warn};
 use wasmcloud_provider_sdk::core::logging::Level;
 use wasmcloud_provider_sdk::provider::WrpcClient;
@@ -103,9 +103,11 @@ fn main() -> std::process::ExitCode {
 }
 
 async fn run() -> anyhow::Result<()> {
-    // Also installs the metrics exporter when the host enables metrics
-    // (see `messaging_nats::metrics`).
-    wasmcloud_provider_sdk::initialize_observability!(PROVIDER_NAME, None::<&str>);
+    // Logs, and the traces and metrics exporters the host enables.
+    let host_data =
+        wasmcloud_provider_sdk::provider::load_host_data().context("failed to load host data")?;
+    let _observability = observability::init(PROVIDER_NAME, host_data)
+        .context("failed to set up logs, traces and metrics")?;
 
     // Watched before the links the host hands over at start are set up: a
     // signal that arrives meanwhile is kept and drains them right after.

@@ -24,6 +24,7 @@ use messaging_nats_harness::{
 use wasmcloud_provider_sdk::core::logging::Level;
 
 mod charts;
+mod links;
 
 mod bindings {
     // The provider's world: its import `handler` gives the caller side of a
@@ -47,6 +48,8 @@ struct Sizes {
     deliveries: usize,
     burst: usize,
     links: usize,
+    /// Handler link counts of the scale part (`--only links`).
+    scale: &'static [usize],
 }
 
 impl Sizes {
@@ -59,6 +62,7 @@ impl Sizes {
                 deliveries: 2_000,
                 burst: 5_000,
                 links: 10,
+                scale: &[100],
             }
         } else {
             Self {
@@ -68,6 +72,7 @@ impl Sizes {
                 deliveries: 60_000,
                 burst: 100_000,
                 links: 100,
+                scale: &[1_000, 10_000],
             }
         }
     }
@@ -230,8 +235,10 @@ impl Drop for NoopProcess {
 #[tokio::main]
 async fn main() -> anyhow::Result<()> {
     let args: Vec<String> = std::env::args().skip(1).collect();
-    if args.first().map(String::as_str) == Some("serve-noop") {
-        return serve_noop(&args[1..]).await;
+    match args.first().map(String::as_str) {
+        Some("serve-noop") => return serve_noop(&args[1..]).await,
+        Some("bare-subscriptions") => return links::serve_bare(&args[1..]).await,
+        _ => {}
     }
     let quick = args.iter().any(|a| a == "--quick");
     let json_path = args
@@ -240,7 +247,8 @@ async fn main() -> anyhow::Result<()> {
         .and_then(|i| args.get(i + 1).cloned())
         .unwrap_or_else(|| "target/bench.json".to_string());
     // `--only NAME` runs one part (raw, bare, publish, request, delivery,
-    // durable, confirmed, memory), e.g. to profile the provider during it.
+    // durable, confirmed, memory, links), e.g. to profile the provider
+    // during it.
     let only = args
         .iter()
         .position(|a| a == "--only")
@@ -259,7 +267,18 @@ async fn main() -> anyhow::Result<()> {
         }
     }
     let runs = |part: &str| only.as_deref().is_none_or(|o| o == part);
-    let sizes = Sizes::new(quick);
+    let mut sizes = Sizes::new(quick);
+    // `--links N` runs the scale part with N links only (to profile it).
+    if let Some(n) = args
+        .iter()
+        .position(|a| a == "--links")
+        .and_then(|i| args.get(i + 1))
+    {
+        let n: usize = n
+            .parse()
+            .with_context(|| format!("--links takes a count, not {n:?}"))?;
+        sizes.scale = Vec::leak(vec![n]);
+    }
     let mut report = Report::default();
 
     let lattice = Lattice::start().await;
@@ -305,6 +324,22 @@ async fn main() -> anyhow::Result<()> {
     if runs("memory") {
         println!("memory");
         memory(&lattice, &provider, None, &sizes, &mut report).await?;
+    }
+    if runs("links") {
+        println!("handler links at scale, and a bare client's subscriptions");
+        let hold = match args
+            .iter()
+            .position(|a| a == "--hold")
+            .and_then(|i| args.get(i + 1))
+        {
+            Some(secs) => {
+                Some(Duration::from_secs(secs.parse().with_context(|| {
+                    format!("--hold takes seconds, not {secs:?}")
+                })?))
+            }
+            None => None,
+        };
+        links::links(&lattice, sizes.scale, hold, &mut report).await?;
     }
     for (label, binary) in &compare {
         println!(

@@ -130,6 +130,9 @@ const ONE_MINUTE_MS: u64 = 60_000;
 /// room; twice that leaves room for one slow round trip.
 const PINNED_TTL_MIN_MS: u64 = 10_000;
 
+/// The largest accepted `handler_timeout_ms`.
+pub(crate) const MAX_HANDLER_TIMEOUT: Duration = Duration::from_millis(TEN_MINUTES_MS);
+
 /// The largest accepted `drain_timeout_ms`, which bounds a shutdown.
 pub(crate) const MAX_DRAIN_TIMEOUT: Duration = Duration::from_millis(ONE_MINUTE_MS);
 
@@ -331,7 +334,7 @@ key_table! {
         form: Form::Duration {
             unit: Unit::Millis,
             min: 1,
-            max: TEN_MINUTES_MS,
+            max: MAX_HANDLER_TIMEOUT.as_millis() as u64,
             default: Default::Value(10_000),
             zero_means_default: false,
         },

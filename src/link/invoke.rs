@@ -17,8 +17,9 @@ use crate::metrics::Failure;
 pub(crate) struct Target {
     pub(crate) component_id: Arc<str>,
     pub(crate) link_name: Arc<str>,
-    /// Reused for every delivery of the link.
-    pub(crate) wrpc: WrpcClient,
+    /// Reused for every delivery of the link; shared with the component's
+    /// other links (the provider keeps one client per component).
+    pub(crate) wrpc: Arc<dyn AsRef<WrpcClient> + Send + Sync>,
     pub(crate) counters: Arc<LinkCounters>,
     /// How long one call may take.
     pub(crate) timeout: Duration,
@@ -67,7 +68,7 @@ pub(crate) async fn invoke(
     let subject = message.subject.as_str();
     trace!(subject, bytes = message.body.len(), "delivering");
     let running = target.counters.running();
-    let call = handler::handle_message(&target.wrpc, headers, message);
+    let call = handler::handle_message(target.wrpc.as_ref().as_ref(), headers, message);
     let outcome = match tokio::time::timeout(target.timeout, call).await {
         Ok(Ok(Ok(()))) => Outcome::Handled,
         Ok(Ok(Err(error))) => {

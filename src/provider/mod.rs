@@ -26,9 +26,11 @@ use crate::message::BrokerMessage;
 use crate::metrics::LinkMetrics;
 use crate::sync::{read, write};
 
+mod clients;
 mod feed;
 mod reconcile;
 
+use self::clients::ComponentClients;
 use self::feed::{Seen, SDK_GRACE};
 use self::reconcile::RecentDeletes;
 
@@ -211,8 +213,18 @@ impl MessagingProvider {
     /// Takes a put or delete the SDK handed over. Once the provider follows
     /// the host's links itself, it is looked at [`SDK_GRACE`] later (see
     /// [`feed`]). Runs outside the SDK's command loop either way.
+    ///
+    /// A change the provider's own subscription has already seen is
+    /// dropped at once: that subscription gets this message too, or has
+    /// had a newer one. Only the rest wait, each in a small task: the
+    /// change is applied in a future of its own, made after the wait (a
+    /// host that puts thousands of links at once would otherwise hold a
+    /// link start's whole future per link for the grace period).
     fn take_from_sdk(&self, change: LinkChange) {
         let grace = self.state.seen.following().then_some(SDK_GRACE);
+        if grace.is_some() && self.superseded(Origin::Sdk, change.role, &change.key) {
+            return;
+        }
         let this = self.clone();
         let stopping = self.state.stopping.clone();
         self.state
@@ -221,7 +233,7 @@ impl MessagingProvider {
                 if let Some(grace) = grace {
                     tokio::time::sleep(grace).await;
                 }
-                this.apply(change, Origin::Sdk).await;
+                Box::pin(this.apply(change, Origin::Sdk)).await;
             }));
     }
 }
@@ -247,6 +259,7 @@ impl Default for MessagingProvider {
                 stopping: CancellationToken::new(),
                 deletes: RecentDeletes::default(),
                 seen: Seen::default(),
+                clients: ComponentClients::default(),
                 host_shutdown_done: CancellationToken::new(),
             }),
         }
@@ -278,6 +291,8 @@ struct State {
     deletes: RecentDeletes,
     /// The links the provider's own subscription has seen (see [`feed`]).
     seen: Seen,
+    /// The wRPC client of each component with a handler link.
+    clients: ComponentClients,
     /// Cancelled once the host's shutdown call has drained everything.
     host_shutdown_done: CancellationToken,
 }
@@ -411,7 +426,7 @@ impl MessagingProvider {
         // Subscribes on the lattice's NATS, which may be unreachable too.
         let wrpc = tokio::time::timeout_at(
             deadline,
-            get_connection().get_wrpc_client_custom(&key.component_id, Some(handler.handler_timeout)),
+            self.state.clients.get(&key.component_id),
         )
         .await
         .map_err(|_| anyhow!("link {key} rejected: the lattice's NATS did not take the wRPC client's subscription in time"))?

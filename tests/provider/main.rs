@@ -16,6 +16,7 @@ mod link;
 mod memory;
 mod metrics;
 mod missed;
+mod observability;
 mod order;
 mod pinned;
 mod publish;

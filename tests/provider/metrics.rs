@@ -9,73 +9,23 @@ use opentelemetry_proto::tonic::common::v1::any_value::Value;
 use opentelemetry_proto::tonic::metrics::v1::metric::Data;
 use opentelemetry_proto::tonic::metrics::v1::number_data_point;
 use prost::Message as _;
-use tokio::io::{AsyncBufReadExt as _, AsyncReadExt as _, AsyncWriteExt as _, BufReader};
-use tokio::net::TcpListener;
-use tokio::sync::mpsc;
 
+use crate::support::otlp::Receiver;
 use crate::support::{
     create_stream, echo_responder, jetstream_lattice, round_trip, stop_figures, Behaviour,
     BrokerMessage, Gate, Lattice, Link, Provider, ProviderOptions,
 };
 
-/// An OTLP/HTTP metrics receiver: answers every POST with 200 and hands
-/// each decoded export request to the test.
-struct Receiver {
-    url: String,
-    exports: mpsc::UnboundedReceiver<ExportMetricsServiceRequest>,
-}
-
-impl Receiver {
-    async fn start() -> Self {
-        let listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
-        let url = format!("http://{}/v1/metrics", listener.local_addr().unwrap());
-        let (tx, exports) = mpsc::unbounded_channel();
-        tokio::spawn(async move {
-            while let Ok((socket, _)) = listener.accept().await {
-                tokio::spawn(serve(socket, tx.clone()));
+/// The next metrics export `receiver` got (other signals are not on).
+async fn next_metrics(receiver: &mut Receiver) -> Option<ExportMetricsServiceRequest> {
+    while let Some((path, body)) = receiver.next().await {
+        if path == "/v1/metrics" {
+            if let Ok(request) = ExportMetricsServiceRequest::decode(body.as_slice()) {
+                return Some(request);
             }
-        });
-        Self { url, exports }
-    }
-}
-
-/// One HTTP/1.1 connection: requests with a `content-length` body, kept
-/// alive until the client closes it.
-async fn serve(
-    socket: tokio::net::TcpStream,
-    tx: mpsc::UnboundedSender<ExportMetricsServiceRequest>,
-) {
-    let mut socket = BufReader::new(socket);
-    loop {
-        let mut length = 0;
-        let mut line = String::new();
-        loop {
-            line.clear();
-            if socket.read_line(&mut line).await.unwrap_or(0) == 0 {
-                return;
-            }
-            if line == "\r\n" {
-                break;
-            }
-            if let Some((name, value)) = line.split_once(':') {
-                if name.eq_ignore_ascii_case("content-length") {
-                    length = value.trim().parse().unwrap_or(0);
-                }
-            }
-        }
-        let mut body = vec![0; length];
-        if socket.read_exact(&mut body).await.is_err() {
-            return;
-        }
-        if let Ok(request) = ExportMetricsServiceRequest::decode(body.as_slice()) {
-            let _ = tx.send(request);
-        }
-        let answer =
-            b"HTTP/1.1 200 OK\r\ncontent-type: application/x-protobuf\r\ncontent-length: 0\r\n\r\n";
-        if socket.get_mut().write_all(answer).await.is_err() {
-            return;
         }
     }
+    None
 }
 
 /// A series the test expects: metric, attributes it has, attribute keys
@@ -176,7 +126,7 @@ async fn deliveries_publishes_and_requests_are_exported_per_link() {
     let lattice = Lattice::start().await;
     let provider = lattice
         .provider_with(ProviderOptions {
-            metrics_endpoint: Some(receiver.url.clone()),
+            metrics_endpoint: Some(receiver.url("metrics")),
             ..ProviderOptions::default()
         })
         .await;
@@ -266,7 +216,7 @@ async fn wait_exported(
             return series;
         }
         let left = deadline.saturating_duration_since(Instant::now());
-        match tokio::time::timeout(left, receiver.exports.recv()).await {
+        match tokio::time::timeout(left, next_metrics(receiver)).await {
             Ok(Some(export)) => record(&mut series, &export),
             _ => panic!(
                 "not exported: {missing:#?}\nseen: {series:#?}\nprovider:\n{}",
@@ -285,7 +235,7 @@ async fn dead_lettered_and_dropped_messages_are_exported_for_their_own_link() {
     create_stream(&js, "DEAD", &["dead.>"]).await;
     let provider = lattice
         .provider_with(ProviderOptions {
-            metrics_endpoint: Some(receiver.url.clone()),
+            metrics_endpoint: Some(receiver.url("metrics")),
             ..ProviderOptions::default()
         })
         .await;
@@ -393,7 +343,7 @@ async fn a_durable_consumers_lag_is_exported_with_its_stream_and_consumer() {
     }
     let provider = lattice
         .provider_with(ProviderOptions {
-            metrics_endpoint: Some(receiver.url.clone()),
+            metrics_endpoint: Some(receiver.url("metrics")),
             ..ProviderOptions::default()
         })
         .await;

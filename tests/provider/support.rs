@@ -9,6 +9,7 @@ use futures::StreamExt as _;
 use std::time::Duration;
 
 pub mod credentials;
+pub mod otlp;
 
 pub use messaging_nats_harness::{
     echo_responder, pairs, round_trip, spawn_provider, Behaviour, BrokerMessage, Caller, Gate,

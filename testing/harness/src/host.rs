@@ -208,6 +208,10 @@ pub struct ProviderOptions {
     /// Where the host tells the provider to export metrics (OTLP over
     /// HTTP), with a short export interval; unset: metrics off.
     pub metrics_endpoint: Option<String>,
+    /// The base URL where the host tells the provider to export all three
+    /// signals (`--enable-observability`; OTLP over HTTP, `/v1/logs`,
+    /// `/v1/metrics`, `/v1/traces`), with short export intervals.
+    pub observability_endpoint: Option<String>,
     /// The executable to start instead of [`crate::provider_binary`].
     pub binary: Option<std::path::PathBuf>,
 }
@@ -222,6 +226,7 @@ impl Default for ProviderOptions {
             rust_log: None,
             links: Vec::new(),
             metrics_endpoint: None,
+            observability_endpoint: None,
             binary: None,
         }
     }
@@ -265,6 +270,7 @@ impl Provider {
             rust_log,
             links,
             metrics_endpoint,
+            observability_endpoint,
             binary,
         } = options;
         let provider_xkey = nkeys::XKey::new();
@@ -289,7 +295,11 @@ impl Provider {
             log_level: Some(log_level),
             link_definitions,
             otel_config: OtelConfig {
-                enable_metrics: Some(metrics_endpoint.is_some()),
+                enable_observability: observability_endpoint.is_some(),
+                observability_endpoint: observability_endpoint.clone(),
+                enable_metrics: Some(
+                    metrics_endpoint.is_some() || observability_endpoint.is_some(),
+                ),
                 metrics_endpoint: metrics_endpoint.clone(),
                 protocol: OtelProtocol::Http,
                 ..OtelConfig::default()
@@ -301,10 +311,17 @@ impl Provider {
             "{}\r\n",
             base64::engine::general_purpose::STANDARD.encode(json)
         );
-        // The exporter's default interval is a minute.
-        let env: &[(&str, &str)] = match metrics_endpoint {
-            Some(_) => &[("OTEL_METRIC_EXPORT_INTERVAL", "200")],
-            None => &[],
+        // The exporters' default intervals are a minute (metrics), 5 s
+        // (spans) and 1 s (logs).
+        let env: &[(&str, &str)] = if metrics_endpoint.is_some() || observability_endpoint.is_some()
+        {
+            &[
+                ("OTEL_METRIC_EXPORT_INTERVAL", "200"),
+                ("OTEL_BSP_SCHEDULE_DELAY", "200"),
+                ("OTEL_BLRP_SCHEDULE_DELAY", "200"),
+            ]
+        } else {
+            &[]
         };
         let binary = binary.unwrap_or_else(crate::provider_binary);
         let (child, logs) = spawn_provider_with(&binary, line.as_bytes(), rust_log.as_deref(), env);
