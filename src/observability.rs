@@ -176,11 +176,18 @@ fn settings(
     (otel, problems)
 }
 
-/// `RUST_LOG`'s directives (with main.rs's caps added), the NATS client
-/// at `info` at most before them; one that cannot be read is noted in
-/// `problems` and left out.
+/// Targets kept at `info` at most unless `RUST_LOG` names them: the NATS
+/// client, and the HTTP and OpenTelemetry crates under the exporters, whose
+/// debug lines about each export would themselves be exported as logs.
+const QUIET: [&str; 5] = ["async_nats", "hyper", "h2", "reqwest", "opentelemetry"];
+
+/// `RUST_LOG`'s directives (with main.rs's caps added), after [`QUIET`];
+/// one that cannot be read is noted in `problems` and left out.
 fn rust_log(problems: &mut Vec<String>) -> Vec<Directive> {
-    let mut directives: Vec<Directive> = "async_nats=info".parse().into_iter().collect();
+    let mut directives: Vec<Directive> = QUIET
+        .iter()
+        .filter_map(|target| format!("{target}=info").parse().ok())
+        .collect();
     for directive in std::env::var("RUST_LOG").unwrap_or_default().split(',') {
         let directive = directive.trim();
         if directive.is_empty() {

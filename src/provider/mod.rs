@@ -278,7 +278,10 @@ struct State {
     /// `connect_timeout_ms`; health does not take it.
     link_changes: tokio::sync::Mutex<()>,
     /// The running handler links; this lock is never held across an await.
-    handlers: RwLock<HashMap<LinkKey, RunningHandler>>,
+    /// Boxed: a link's settings and engine are a kilobyte or so, and a
+    /// table grows by doubling, so inline entries would leave up to half of
+    /// that unused per link.
+    handlers: RwLock<HashMap<LinkKey, Box<RunningHandler>>>,
     consumers: RwLock<HashMap<LinkKey, Arc<ConsumerLink>>>,
     /// Why the last put of a link was refused, until it is deleted or put
     /// again with settings that work: health says so.
@@ -445,8 +448,8 @@ impl MessagingProvider {
         let subscriptions = join(handler.subscriptions.iter().map(ToString::to_string));
         let streams = join(handler.durable.sources.iter().map(|s| s.stream.clone()));
         info!(link = %key, subscriptions, streams, servers, "handler link ready");
-        let replaced =
-            write(&self.state.handlers).insert(key.clone(), RunningHandler { settings, link });
+        let replaced = write(&self.state.handlers)
+            .insert(key.clone(), Box::new(RunningHandler { settings, link }));
         if let Some(old) = replaced {
             info!(link = %key, "replaced handler link draining");
             self.state.tasks.spawn(old.link.stop());

@@ -14,6 +14,7 @@ use prost::Message as _;
 
 use crate::support::otlp::Receiver;
 use crate::support::{Behaviour, Lattice, Link, ProviderOptions};
+use wasmcloud_provider_sdk::core::logging::Level;
 
 fn text(value: Option<&AnyValue>) -> Option<&str> {
     match value?.value.as_ref()? {
@@ -111,10 +112,11 @@ async fn logs_traces_and_metrics_reach_an_otlp_receiver_when_the_host_enables_ob
     let provider = lattice
         .provider_with(ProviderOptions {
             observability_endpoint: Some(receiver.base.clone()),
+            log_level: Level::Info,
             ..ProviderOptions::default()
         })
         .await;
-    let mut component = lattice.component("worker", Behaviour::no_op()).await;
+    let mut component = lattice.component("worker", Behaviour::default()).await;
     let link = Link::handler("worker", &[("subscriptions", "jobs.>")]);
     provider.put_link(&link).await;
     lattice.client.publish("jobs.1", "x".into()).await.unwrap();
