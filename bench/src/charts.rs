@@ -1,6 +1,7 @@
 //! SVG charts of a run's figures, written beside its JSON: delivery rate
 //! against `max_in_flight` with the bare call's line, publish ratios per
-//! payload and concurrency, RSS over time during the burst. Plain SVG
+//! payload and concurrency, RSS over time during the burst, memory a
+//! handler link at scale. Plain SVG
 //! text: a chart library would be the heaviest dependency of the crate.
 
 use std::fmt::Write as _;
@@ -32,6 +33,7 @@ pub(crate) fn write_all(report: &Report, dir: &Path) -> std::io::Result<Vec<Stri
     put("bench-delivery.svg", delivery(report))?;
     put("bench-publish.svg", publish(report))?;
     put("bench-rss.svg", rss(report))?;
+    put("bench-links.svg", links(report))?;
     Ok(written)
 }
 
@@ -91,6 +93,54 @@ fn rss(report: &Report) -> Option<String> {
         "seconds since the burst began",
         "RSS (MiB)",
         samples,
+    ))
+}
+
+/// Resident memory a handler link, per link count, through the provider
+/// and for the bare client's subscriptions (`--only links`).
+fn links(report: &Report) -> Option<String> {
+    let series = [
+        (
+            "provider, a component each",
+            "links, a component each: RSS a link",
+        ),
+        (
+            "provider, one component",
+            "links, one component: RSS a link",
+        ),
+        (
+            "bare client",
+            "subscriptions, bare client: RSS a subscription",
+        ),
+    ];
+    let counts: Vec<usize> = [100, 1_000, 10_000]
+        .into_iter()
+        .filter(|n| {
+            series
+                .iter()
+                .all(|(_, figure)| report.value(&format!("{n} {figure}")).is_some())
+        })
+        .collect();
+    if counts.is_empty() {
+        return None;
+    }
+    let values = |figure: &str| -> Vec<f64> {
+        counts
+            .iter()
+            .filter_map(|n| report.value(&format!("{n} {figure}")))
+            .collect()
+    };
+    let labels: Vec<String> = counts.iter().map(usize::to_string).collect();
+    let lines_of: Vec<(&str, Vec<f64>)> = series
+        .iter()
+        .map(|(name, figure)| (*name, values(figure)))
+        .collect();
+    Some(lines(
+        "Resident memory a handler link (one subscription each)",
+        "handler links (subscriptions)",
+        "KiB a link",
+        &labels,
+        &lines_of,
     ))
 }
 
