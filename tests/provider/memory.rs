@@ -322,3 +322,70 @@ async fn a_thousand_link_cycles_leave_no_connection_behind() {
         "after {after} KiB over idle {idle} KiB"
     );
 }
+
+/// wRPC clients' inbox subscriptions (`_INBOX.<id>.>`) on the provider's
+/// lattice connection: one per wRPC client.
+fn wrpc_inboxes(server: &NatsServer) -> usize {
+    server
+        .connections()
+        .iter()
+        .filter(|c| c["name"] == "messaging-nats")
+        .flat_map(|c| {
+            c["subscriptions_list"]
+                .as_array()
+                .cloned()
+                .unwrap_or_default()
+        })
+        .filter(|s| {
+            s.as_str()
+                .is_some_and(|s| s.starts_with("_INBOX.") && s.ends_with(".>"))
+        })
+        .count()
+}
+
+#[tokio::test]
+async fn handler_links_of_one_component_share_a_wrpc_client_that_goes_with_the_last() {
+    let lattice = Lattice::start().await;
+    let provider = lattice.provider(&[]).await;
+    let mut component = lattice.component("w", Behaviour::default()).await;
+    let before = wrpc_inboxes(&lattice.nats);
+    let first = Link::handler("w", &[("subscriptions", "jobs.first")]).named("first");
+    let second = Link::handler("w", &[("subscriptions", "jobs.second")]).named("second");
+    provider.put_link(&first).await;
+    provider.put_link(&second).await;
+    for subject in ["jobs.first", "jobs.second"] {
+        lattice.client.publish(subject, "x".into()).await.unwrap();
+        assert_eq!(component.next().await.message.subject, subject);
+    }
+    assert_eq!(
+        wrpc_inboxes(&lattice.nats),
+        before + 1,
+        "one client for both links"
+    );
+
+    provider.delete_link(&first).await;
+    lattice
+        .client
+        .publish("jobs.second", "y".into())
+        .await
+        .unwrap();
+    assert_eq!(component.next().await.message.body.as_ref(), b"y");
+    assert_eq!(
+        wrpc_inboxes(&lattice.nats),
+        before + 1,
+        "the second link keeps it"
+    );
+
+    provider.delete_link(&second).await;
+    // The client's subscription goes when its routing task ends, which the
+    // last link's stop sets off.
+    let deadline = Instant::now() + Duration::from_secs(10);
+    while wrpc_inboxes(&lattice.nats) != before {
+        assert!(
+            Instant::now() < deadline,
+            "the wRPC client outlived the last link of its component: {} inboxes, {before} before",
+            wrpc_inboxes(&lattice.nats)
+        );
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+}
