@@ -57,7 +57,7 @@ static LOGGER: OnceLock<SdkLoggerProvider> = OnceLock::new();
 pub fn init(service: &str, host: &HostData) -> anyhow::Result<Guard> {
     let (otel, mut problems) = settings(&host.otel_config, &host.config);
     let sampler = sampler(&otel, &mut problems);
-    let directives = rust_log(&mut problems);
+    let directives = rust_log(host_level(host.log_level.as_ref()), &mut problems);
     let level = host.log_level.as_ref();
     let resource = || {
         Resource::builder_empty()
@@ -65,18 +65,25 @@ pub fn init(service: &str, host: &HostData) -> anyhow::Result<Guard> {
             .with_attribute(KeyValue::new("service.name", service.to_string()))
             .build()
     };
+    let exporting = otel.metrics_enabled() || otel.traces_enabled() || otel.logs_enabled();
+    let client = if exporting && matches!(otel.protocol, OtelProtocol::Http) {
+        Some(http_client(&otel, &mut problems)?)
+    } else {
+        None
+    };
+    let client = client.as_ref();
     if otel.metrics_enabled() {
-        metrics(&otel, resource())?;
+        metrics(&otel, client, resource())?;
         crate::metrics::enable();
     }
     let traces = otel
         .traces_enabled()
-        .then(|| traces(&otel, sampler, resource(), service))
+        .then(|| traces(&otel, client, sampler, resource()))
         .transpose()?
         .map(|layer| layer.with_filter(level_filter(Some(&otel.trace_level), &[])));
     let logs = otel
         .logs_enabled()
-        .then(|| logs(&otel, resource()))
+        .then(|| logs(&otel, client, resource()))
         .transpose()?
         .map(|layer| layer.with_filter(level_filter(level, &directives)));
 
@@ -112,8 +119,10 @@ pub fn init(service: &str, host: &HostData) -> anyhow::Result<Guard> {
         .with(plain)
         .try_init()
         .context("a global tracing subscriber was already set")?;
+    // Written whatever the level, as the SDK wrote them: a setting that
+    // was not applied must not go unsaid.
     for problem in problems {
-        warn!("{problem}");
+        eprintln!("messaging-nats: {problem}");
     }
     tokio::spawn(report_drops(dropped));
     Ok(Guard { _stderr: guard })
@@ -176,17 +185,19 @@ fn settings(
     (otel, problems)
 }
 
-/// Targets kept at `info` at most unless `RUST_LOG` names them: the NATS
-/// client, and the HTTP and OpenTelemetry crates under the exporters, whose
-/// debug lines about each export would themselves be exported as logs.
+/// Targets kept at `info` at most (or the host's level, if quieter) unless
+/// `RUST_LOG` names them: the NATS client, and the HTTP and OpenTelemetry
+/// crates under the exporters, whose debug lines about each export would
+/// themselves be exported as logs.
 const QUIET: [&str; 5] = ["async_nats", "hyper", "h2", "reqwest", "opentelemetry"];
 
-/// `RUST_LOG`'s directives (with main.rs's caps added), after [`QUIET`];
-/// one that cannot be read is noted in `problems` and left out.
-fn rust_log(problems: &mut Vec<String>) -> Vec<Directive> {
+/// `RUST_LOG`'s directives (with main.rs's caps added), after [`QUIET`]'s
+/// at `cap`; one that cannot be read is noted in `problems` and left out.
+fn rust_log(cap: LevelFilter, problems: &mut Vec<String>) -> Vec<Directive> {
+    let cap = cap.min(LevelFilter::INFO);
     let mut directives: Vec<Directive> = QUIET
         .iter()
-        .filter_map(|target| format!("{target}=info").parse().ok())
+        .filter_map(|target| format!("{target}={cap}").parse().ok())
         .collect();
     for directive in std::env::var("RUST_LOG").unwrap_or_default().split(',') {
         let directive = directive.trim();
@@ -203,18 +214,21 @@ fn rust_log(problems: &mut Vec<String>) -> Vec<Directive> {
     directives
 }
 
-/// A layer's filter: the host's level (`info` if it gives none), then
-/// `directives`.
-fn level_filter(level: Option<&Level>, directives: &[Directive]) -> EnvFilter {
-    let level = match level {
+/// The host's level as a filter (`info` if it gives none).
+fn host_level(level: Option<&Level>) -> LevelFilter {
+    match level {
         Some(Level::Error | Level::Critical) => LevelFilter::ERROR,
         Some(Level::Warn) => LevelFilter::WARN,
         Some(Level::Info) | None => LevelFilter::INFO,
         Some(Level::Debug) => LevelFilter::DEBUG,
         Some(Level::Trace) => LevelFilter::TRACE,
-    };
+    }
+}
+
+/// A layer's filter: the host's level, then `directives`.
+fn level_filter(level: Option<&Level>, directives: &[Directive]) -> EnvFilter {
     directives.iter().cloned().fold(
-        EnvFilter::default().add_directive(level.into()),
+        EnvFilter::default().add_directive(host_level(level).into()),
         EnvFilter::add_directive,
     )
 }
@@ -252,16 +266,19 @@ fn sampler(otel: &OtelConfig, problems: &mut Vec<String>) -> Sampler {
 }
 
 /// The HTTP client of the OTLP exporters: the system's roots and the
-/// host's extra CA files.
-fn http_client(otel: &OtelConfig) -> anyhow::Result<reqwest::Client> {
+/// host's extra CA files. A CA file that cannot be read is noted in
+/// `problems` and the exporters go on with the system's roots, as with the
+/// SDK (which said nothing).
+fn http_client(otel: &OtelConfig, problems: &mut Vec<String>) -> anyhow::Result<reqwest::Client> {
     use wasmcloud_provider_sdk::core::tls;
     let mut builder = reqwest::ClientBuilder::default().user_agent(tls::REQWEST_USER_AGENT);
-    let extra = tls::load_certs_from_paths(&otel.additional_ca_paths).with_context(|| {
-        format!(
-            "cannot read the OpenTelemetry CA files {:?}",
+    let extra = tls::load_certs_from_paths(&otel.additional_ca_paths).unwrap_or_else(|err| {
+        problems.push(format!(
+            "cannot read the OpenTelemetry CA files {:?} ({err}); only the system's roots are used",
             otel.additional_ca_paths
-        )
-    })?;
+        ));
+        Vec::new()
+    });
     for der in tls::NATIVE_ROOTS.iter().chain(&extra) {
         if let Ok(cert) = reqwest::tls::Certificate::from_der(der.as_ref()) {
             builder = builder.add_root_certificate(cert);
@@ -272,12 +289,24 @@ fn http_client(otel: &OtelConfig) -> anyhow::Result<reqwest::Client> {
         .context("cannot build the OpenTelemetry HTTP client")
 }
 
-fn metrics(otel: &OtelConfig, resource: Resource) -> anyhow::Result<()> {
+/// The HTTP client an exporter over HTTP uses (made in [`init`] when one is
+/// needed).
+fn http(client: Option<&reqwest::Client>) -> anyhow::Result<reqwest::Client> {
+    client
+        .cloned()
+        .context("no HTTP client for the OpenTelemetry exporters")
+}
+
+fn metrics(
+    otel: &OtelConfig,
+    client: Option<&reqwest::Client>,
+    resource: Resource,
+) -> anyhow::Result<()> {
     use opentelemetry_sdk::metrics::periodic_reader_with_async_runtime::PeriodicReader;
     let exporter = match otel.protocol {
         OtelProtocol::Http => opentelemetry_otlp::MetricExporter::builder()
             .with_http()
-            .with_http_client(http_client(otel)?)
+            .with_http_client(http(client)?)
             .with_protocol(opentelemetry_otlp::Protocol::HttpBinary)
             .with_endpoint(otel.metrics_endpoint())
             .build(),
@@ -298,9 +327,9 @@ fn metrics(otel: &OtelConfig, resource: Resource) -> anyhow::Result<()> {
 
 fn traces<S>(
     otel: &OtelConfig,
+    client: Option<&reqwest::Client>,
     sampler: Sampler,
     resource: Resource,
-    service: &str,
 ) -> anyhow::Result<tracing_opentelemetry::OpenTelemetryLayer<S, opentelemetry_sdk::trace::Tracer>>
 where
     S: tracing::Subscriber + for<'a> tracing_subscriber::registry::LookupSpan<'a>,
@@ -309,7 +338,7 @@ where
     let exporter = match otel.protocol {
         OtelProtocol::Http => opentelemetry_otlp::SpanExporter::builder()
             .with_http()
-            .with_http_client(http_client(otel)?)
+            .with_http_client(http(client)?)
             .with_protocol(opentelemetry_otlp::Protocol::HttpBinary)
             .with_endpoint(otel.traces_endpoint())
             .build(),
@@ -334,12 +363,14 @@ where
         .with_resource(resource)
         .with_span_processor(processor)
         .build()
-        .tracer(service.to_string());
+        // The SDK's scope name, so that what keys on it still matches.
+        .tracer("wasmcloud-tracing");
     Ok(tracing_opentelemetry::layer().with_tracer(tracer))
 }
 
 fn logs(
     otel: &OtelConfig,
+    client: Option<&reqwest::Client>,
     resource: Resource,
 ) -> anyhow::Result<
     opentelemetry_appender_tracing::layer::OpenTelemetryTracingBridge<
@@ -351,7 +382,7 @@ fn logs(
     let exporter = match otel.protocol {
         OtelProtocol::Http => opentelemetry_otlp::LogExporter::builder()
             .with_http()
-            .with_http_client(http_client(otel)?)
+            .with_http_client(http(client)?)
             .with_protocol(opentelemetry_otlp::Protocol::HttpBinary)
             .with_endpoint(otel.logs_endpoint())
             .build(),
@@ -368,4 +399,47 @@ fn logs(
         .build();
     let provider = LOGGER.get_or_init(|| provider);
     Ok(opentelemetry_appender_tracing::layer::OpenTelemetryTracingBridge::new(provider))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn quiet(cap: LevelFilter) -> Vec<String> {
+        rust_log(cap, &mut Vec::new())
+            .iter()
+            .take(QUIET.len())
+            .map(ToString::to_string)
+            .collect()
+    }
+
+    #[test]
+    fn the_exporters_crates_stay_at_info_or_at_the_hosts_quieter_level() {
+        let at = |level: &str| -> Vec<String> {
+            QUIET
+                .iter()
+                .map(|target| format!("{target}={level}"))
+                .collect()
+        };
+        assert_eq!(quiet(LevelFilter::TRACE), at("info"));
+        assert_eq!(quiet(LevelFilter::INFO), at("info"));
+        assert_eq!(quiet(LevelFilter::WARN), at("warn"));
+        assert_eq!(quiet(LevelFilter::ERROR), at("error"));
+    }
+
+    #[test]
+    fn an_unreadable_otel_number_keeps_the_hosts_setting_and_names_the_key() {
+        let host = OtelConfig {
+            max_batch_queue_size: Some(7),
+            ..OtelConfig::default()
+        };
+        let config = [("otel_bsp_max_queue_size".to_string(), "lots".to_string())].into();
+        let (otel, problems) = settings(&host, &config);
+        assert_eq!(otel.max_batch_queue_size, Some(7));
+        assert_eq!(problems.len(), 1);
+        assert!(
+            problems[0].contains("otel_bsp_max_queue_size"),
+            "{problems:?}"
+        );
+    }
 }
