@@ -439,11 +439,6 @@ impl BareProcess {
 
     fn rss_kib(&self) -> anyhow::Result<u64> {
         let pid = self.child.id().context("the bare client exited")?;
-        let status = std::fs::read_to_string(format!("/proc/{pid}/status"))?;
-        status
-            .lines()
-            .find_map(|line| line.strip_prefix("VmRSS:"))
-            .and_then(|v| v.trim().trim_end_matches("kB").trim().parse().ok())
-            .context("VmRSS of the bare client")
+        messaging_nats_harness::rss_kib(pid).context("VmRSS of the bare client")
     }
 }

@@ -509,13 +509,7 @@ impl Provider {
 
     /// Resident memory of the process, in KiB (from /proc).
     pub fn rss_kib(&self) -> u64 {
-        let status = std::fs::read_to_string(format!("/proc/{}/status", self.child.id()))
-            .expect("provider /proc status");
-        status
-            .lines()
-            .find_map(|line| line.strip_prefix("VmRSS:"))
-            .and_then(|v| v.trim().trim_end_matches("kB").trim().parse().ok())
-            .expect("VmRSS")
+        rss_kib(self.child.id()).expect("provider VmRSS in /proc")
     }
 
     /// Sends a signal to the process without waiting.
@@ -614,6 +608,16 @@ impl Drop for Provider {
 }
 
 /// How many of the provider's last lines a failing test prints.
+/// Resident memory of process `pid`, in KiB (`VmRSS` in its /proc
+/// status), or `None` if it cannot be read.
+pub fn rss_kib(pid: u32) -> Option<u64> {
+    std::fs::read_to_string(format!("/proc/{pid}/status"))
+        .ok()?
+        .lines()
+        .find_map(|line| line.strip_prefix("VmRSS:"))
+        .and_then(|v| v.trim().trim_end_matches("kB").trim().parse().ok())
+}
+
 const PANIC_LOG_LINES: usize = 200;
 
 /// Which way a link points, seen from the component.

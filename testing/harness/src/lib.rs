@@ -14,7 +14,7 @@ pub mod host;
 pub mod server;
 
 pub use component::{Behaviour, BrokerMessage, Caller, Component, Gate, Received};
-pub use host::{pairs, spawn_provider, Lattice, Link, Logs, Provider, ProviderOptions};
+pub use host::{pairs, rss_kib, spawn_provider, Lattice, Link, Logs, Provider, ProviderOptions};
 pub use server::{
     echo_responder, round_trip, LeafTopology, NatsServer, ServerExt, ServerOptions, HUB_DOMAIN,
     LAME_DUCK_CONFIG,
