@@ -7,6 +7,10 @@ trap 'rc=$?; echo "$(basename "$0"): failed (exit $rc) at line $LINENO: $BASH_CO
 
 e2e="$(cd "$(dirname "${BASH_SOURCE[0]}")" && pwd)"
 "$e2e/build.sh"
+# The wash test runs `wash build` (`cargo build --release`) in a copy of the
+# repository, with this target dir: built here first, that build compiles
+# only the provider crate itself inside the test, not its dependencies.
+(cd "$e2e/.." && cargo build --locked --release)
 # wadm needs nats-server 2.10 or later, and the wash tests run wash:
 # scripts/tools installs both when missing (scripts/test sets them already).
 NATS_SERVER_BIN="${NATS_SERVER_BIN:-$("$e2e/../scripts/tools" nats-server)}"
