@@ -297,25 +297,34 @@ fn http(client: Option<&reqwest::Client>) -> anyhow::Result<reqwest::Client> {
         .context("no HTTP client for the OpenTelemetry exporters")
 }
 
+/// The OTLP exporter `$kind` (`MetricExporter`, `SpanExporter` or
+/// `LogExporter`) to `$endpoint`, over the host's protocol. A macro: the
+/// three builders have the same methods but no common trait for `build`.
+macro_rules! exporter {
+    ($kind:ident, $otel:expr, $client:expr, $endpoint:expr) => {
+        match $otel.protocol {
+            OtelProtocol::Http => opentelemetry_otlp::$kind::builder()
+                .with_http()
+                .with_http_client(http($client)?)
+                .with_protocol(opentelemetry_otlp::Protocol::HttpBinary)
+                .with_endpoint($endpoint)
+                .build(),
+            OtelProtocol::Grpc => opentelemetry_otlp::$kind::builder()
+                .with_tonic()
+                .with_endpoint($endpoint)
+                .build(),
+        }
+    };
+}
+
 fn metrics(
     otel: &OtelConfig,
     client: Option<&reqwest::Client>,
     resource: Resource,
 ) -> anyhow::Result<()> {
     use opentelemetry_sdk::metrics::periodic_reader_with_async_runtime::PeriodicReader;
-    let exporter = match otel.protocol {
-        OtelProtocol::Http => opentelemetry_otlp::MetricExporter::builder()
-            .with_http()
-            .with_http_client(http(client)?)
-            .with_protocol(opentelemetry_otlp::Protocol::HttpBinary)
-            .with_endpoint(otel.metrics_endpoint())
-            .build(),
-        OtelProtocol::Grpc => opentelemetry_otlp::MetricExporter::builder()
-            .with_tonic()
-            .with_endpoint(otel.metrics_endpoint())
-            .build(),
-    }
-    .context("cannot build the OTLP metrics exporter")?;
+    let exporter = exporter!(MetricExporter, otel, client, otel.metrics_endpoint())
+        .context("cannot build the OTLP metrics exporter")?;
     let reader = PeriodicReader::builder(exporter, opentelemetry_sdk::runtime::Tokio).build();
     let provider = opentelemetry_sdk::metrics::SdkMeterProvider::builder()
         .with_resource(resource)
@@ -335,19 +344,8 @@ where
     S: tracing::Subscriber + for<'a> tracing_subscriber::registry::LookupSpan<'a>,
 {
     use opentelemetry_sdk::trace::span_processor_with_async_runtime::BatchSpanProcessor;
-    let exporter = match otel.protocol {
-        OtelProtocol::Http => opentelemetry_otlp::SpanExporter::builder()
-            .with_http()
-            .with_http_client(http(client)?)
-            .with_protocol(opentelemetry_otlp::Protocol::HttpBinary)
-            .with_endpoint(otel.traces_endpoint())
-            .build(),
-        OtelProtocol::Grpc => opentelemetry_otlp::SpanExporter::builder()
-            .with_tonic()
-            .with_endpoint(otel.traces_endpoint())
-            .build(),
-    }
-    .context("cannot build the OTLP span exporter")?;
+    let exporter = exporter!(SpanExporter, otel, client, otel.traces_endpoint())
+        .context("cannot build the OTLP span exporter")?;
     let mut batch = BatchConfigBuilder::default();
     if let Some(size) = otel.max_batch_queue_size {
         batch = batch.with_max_queue_size(size);
@@ -379,19 +377,8 @@ fn logs(
     >,
 > {
     use opentelemetry_sdk::logs::log_processor_with_async_runtime::BatchLogProcessor;
-    let exporter = match otel.protocol {
-        OtelProtocol::Http => opentelemetry_otlp::LogExporter::builder()
-            .with_http()
-            .with_http_client(http(client)?)
-            .with_protocol(opentelemetry_otlp::Protocol::HttpBinary)
-            .with_endpoint(otel.logs_endpoint())
-            .build(),
-        OtelProtocol::Grpc => opentelemetry_otlp::LogExporter::builder()
-            .with_tonic()
-            .with_endpoint(otel.logs_endpoint())
-            .build(),
-    }
-    .context("cannot build the OTLP log exporter")?;
+    let exporter = exporter!(LogExporter, otel, client, otel.logs_endpoint())
+        .context("cannot build the OTLP log exporter")?;
     let processor = BatchLogProcessor::builder(exporter, opentelemetry_sdk::runtime::Tokio).build();
     let provider = SdkLoggerProvider::builder()
         .with_resource(resource)
