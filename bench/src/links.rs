@@ -261,7 +261,7 @@ async fn through_provider(
         "ms",
     );
     report.add(
-        &name("health requests unanswered in 1 s lost"),
+        &name("health requests unanswered in 1 s"),
         unanswered as f64,
         "requests",
     );

@@ -389,11 +389,13 @@ async fn main() -> anyhow::Result<()> {
         .rows
         .iter()
         .filter(|(name, value, _)| {
-            // Counts of lost calls may be 0, a difference to the floor may
-            // be below it; every other figure is a positive measurement.
-            // A compared build's figures carry its label: ` [glibc]`.
+            // Counts of lost calls and unanswered requests may be 0, a
+            // difference to the floor may be below it; every other figure
+            // is a positive measurement. A compared build's figures carry
+            // its label: ` [glibc]`.
             let base = name.split(" [").next().unwrap_or(name);
-            let signed = base.ends_with("lost") || base.contains("above");
+            let signed =
+                base.ends_with("lost") || base.contains("unanswered") || base.contains("above");
             !value.is_finite() || (*value <= 0.0 && !signed)
         })
         .map(|(name, _, _)| name.clone())
