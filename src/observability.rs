@@ -65,27 +65,28 @@ pub fn init(service: &str, host: &HostData) -> anyhow::Result<Guard> {
             .with_attribute(KeyValue::new("service.name", service.to_string()))
             .build()
     };
-    let exporting = otel.metrics_enabled() || otel.traces_enabled() || otel.logs_enabled();
-    let client = if exporting && matches!(otel.protocol, OtelProtocol::Http) {
-        Some(http_client(&otel, &mut problems)?)
+    let (traces, logs) = if otel.metrics_enabled() || otel.traces_enabled() || otel.logs_enabled() {
+        // Made only when something is exported: the HTTP client loads the
+        // system's roots.
+        let transport = Transport::new(&otel, &mut problems)?;
+        if otel.metrics_enabled() {
+            metrics(&otel, &transport, resource())?;
+            crate::metrics::enable();
+        }
+        let traces = otel
+            .traces_enabled()
+            .then(|| traces(&otel, &transport, sampler, resource()))
+            .transpose()?
+            .map(|layer| layer.with_filter(level_filter(Some(&otel.trace_level), &[])));
+        let logs = otel
+            .logs_enabled()
+            .then(|| logs(&otel, &transport, resource()))
+            .transpose()?
+            .map(|layer| layer.with_filter(level_filter(level, &directives)));
+        (traces, logs)
     } else {
-        None
+        (None, None)
     };
-    let client = client.as_ref();
-    if otel.metrics_enabled() {
-        metrics(&otel, client, resource())?;
-        crate::metrics::enable();
-    }
-    let traces = otel
-        .traces_enabled()
-        .then(|| traces(&otel, client, sampler, resource()))
-        .transpose()?
-        .map(|layer| layer.with_filter(level_filter(Some(&otel.trace_level), &[])));
-    let logs = otel
-        .logs_enabled()
-        .then(|| logs(&otel, client, resource()))
-        .transpose()?
-        .map(|layer| layer.with_filter(level_filter(level, &directives)));
 
     let stderr = std::io::stderr();
     let ansi = stderr.is_terminal();
@@ -289,27 +290,35 @@ fn http_client(otel: &OtelConfig, problems: &mut Vec<String>) -> anyhow::Result<
         .context("cannot build the OpenTelemetry HTTP client")
 }
 
-/// The HTTP client an exporter over HTTP uses (made in [`init`] when one is
-/// needed).
-fn http(client: Option<&reqwest::Client>) -> anyhow::Result<reqwest::Client> {
-    client
-        .cloned()
-        .context("no HTTP client for the OpenTelemetry exporters")
+/// How the OTLP exporters reach the collector, as the host asks: over
+/// HTTP, the three sharing one client, or over gRPC.
+enum Transport {
+    Http(reqwest::Client),
+    Grpc,
+}
+
+impl Transport {
+    fn new(otel: &OtelConfig, problems: &mut Vec<String>) -> anyhow::Result<Self> {
+        Ok(match otel.protocol {
+            OtelProtocol::Http => Self::Http(http_client(otel, problems)?),
+            OtelProtocol::Grpc => Self::Grpc,
+        })
+    }
 }
 
 /// The OTLP exporter `$kind` (`MetricExporter`, `SpanExporter` or
-/// `LogExporter`) to `$endpoint`, over the host's protocol. A macro: the
-/// three builders have the same methods but no common trait for `build`.
+/// `LogExporter`) to `$endpoint` over `$transport`. A macro: the three
+/// builders have the same methods but no common trait for `build`.
 macro_rules! exporter {
-    ($kind:ident, $otel:expr, $client:expr, $endpoint:expr) => {
-        match $otel.protocol {
-            OtelProtocol::Http => opentelemetry_otlp::$kind::builder()
+    ($kind:ident, $transport:expr, $endpoint:expr) => {
+        match $transport {
+            Transport::Http(client) => opentelemetry_otlp::$kind::builder()
                 .with_http()
-                .with_http_client(http($client)?)
+                .with_http_client(client.clone())
                 .with_protocol(opentelemetry_otlp::Protocol::HttpBinary)
                 .with_endpoint($endpoint)
                 .build(),
-            OtelProtocol::Grpc => opentelemetry_otlp::$kind::builder()
+            Transport::Grpc => opentelemetry_otlp::$kind::builder()
                 .with_tonic()
                 .with_endpoint($endpoint)
                 .build(),
@@ -317,13 +326,9 @@ macro_rules! exporter {
     };
 }
 
-fn metrics(
-    otel: &OtelConfig,
-    client: Option<&reqwest::Client>,
-    resource: Resource,
-) -> anyhow::Result<()> {
+fn metrics(otel: &OtelConfig, transport: &Transport, resource: Resource) -> anyhow::Result<()> {
     use opentelemetry_sdk::metrics::periodic_reader_with_async_runtime::PeriodicReader;
-    let exporter = exporter!(MetricExporter, otel, client, otel.metrics_endpoint())
+    let exporter = exporter!(MetricExporter, transport, otel.metrics_endpoint())
         .context("cannot build the OTLP metrics exporter")?;
     let reader = PeriodicReader::builder(exporter, opentelemetry_sdk::runtime::Tokio).build();
     let provider = opentelemetry_sdk::metrics::SdkMeterProvider::builder()
@@ -336,7 +341,7 @@ fn metrics(
 
 fn traces<S>(
     otel: &OtelConfig,
-    client: Option<&reqwest::Client>,
+    transport: &Transport,
     sampler: Sampler,
     resource: Resource,
 ) -> anyhow::Result<tracing_opentelemetry::OpenTelemetryLayer<S, opentelemetry_sdk::trace::Tracer>>
@@ -344,7 +349,7 @@ where
     S: tracing::Subscriber + for<'a> tracing_subscriber::registry::LookupSpan<'a>,
 {
     use opentelemetry_sdk::trace::span_processor_with_async_runtime::BatchSpanProcessor;
-    let exporter = exporter!(SpanExporter, otel, client, otel.traces_endpoint())
+    let exporter = exporter!(SpanExporter, transport, otel.traces_endpoint())
         .context("cannot build the OTLP span exporter")?;
     let mut batch = BatchConfigBuilder::default();
     if let Some(size) = otel.max_batch_queue_size {
@@ -368,7 +373,7 @@ where
 
 fn logs(
     otel: &OtelConfig,
-    client: Option<&reqwest::Client>,
+    transport: &Transport,
     resource: Resource,
 ) -> anyhow::Result<
     opentelemetry_appender_tracing::layer::OpenTelemetryTracingBridge<
@@ -377,7 +382,7 @@ fn logs(
     >,
 > {
     use opentelemetry_sdk::logs::log_processor_with_async_runtime::BatchLogProcessor;
-    let exporter = exporter!(LogExporter, otel, client, otel.logs_endpoint())
+    let exporter = exporter!(LogExporter, transport, otel.logs_endpoint())
         .context("cannot build the OTLP log exporter")?;
     let processor = BatchLogProcessor::builder(exporter, opentelemetry_sdk::runtime::Tokio).build();
     let provider = SdkLoggerProvider::builder()

@@ -607,7 +607,6 @@ impl Drop for Provider {
     }
 }
 
-/// How many of the provider's last lines a failing test prints.
 /// Resident memory of process `pid`, in KiB (`VmRSS` in its /proc
 /// status), or `None` if it cannot be read.
 pub fn rss_kib(pid: u32) -> Option<u64> {
@@ -618,6 +617,7 @@ pub fn rss_kib(pid: u32) -> Option<u64> {
         .and_then(|v| v.trim().trim_end_matches("kB").trim().parse().ok())
 }
 
+/// How many of the provider's last lines a failing test prints.
 const PANIC_LOG_LINES: usize = 200;
 
 /// Which way a link points, seen from the component.
